@@ -1,0 +1,184 @@
+"""The policy as frozen value objects.
+
+The loader turns YAML into these once; nothing below the loader sees a raw dict.
+Every default lives here, next to the field it belongs to, and the README's key
+reference table is checked against these dataclasses by a test.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+Strategy = Literal["weighted", "least_busy"]
+StateBackendName = Literal["memory", "redis"]
+OnStateError = Literal["local", "allow", "deny"]
+
+MODEL_PLACEHOLDER = "{model}"
+
+
+def _empty_mapping() -> Mapping[str, str]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Per-try timeouts; each is also capped by the request's remaining deadline."""
+
+    connect_s: float = 5.0
+    first_byte_s: float = 30.0  # until the response headers arrive
+    idle_s: float = 30.0  # between two stream chunks (and while reading a body)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderLimits:
+    """Our quota at the provider; the planner skips a provider that would answer 429."""
+
+    requests_per_minute: float | None = None
+    tokens_per_minute: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    consecutive_failures: int = 5
+    base_ejection_s: float = 5.0
+    max_ejection_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    name: str
+    base_url: str  # without trailing slash, e.g. https://api.asi1.ai/v1
+    api_key_env: str | None = None
+    # Resolved from api_key_env when the policy is loaded; never printed.
+    api_key: str | None = field(default=None, repr=False, compare=False)
+    headers: Mapping[str, str] = field(default_factory=_empty_mapping)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    limits: ProviderLimits = field(default_factory=ProviderLimits)
+    breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
+    max_connections: int = 100
+    supports_prefill: bool = False
+
+    @property
+    def chat_url(self) -> str:
+        return self.base_url + "/chat/completions"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One place a route may send a request: a provider and the model name to ask it for."""
+
+    provider: str
+    model: str  # may be "{model}": forward the name the client asked for
+    priority: int = 0  # failover tier, lower first
+    weight: float = 1.0  # share inside a tier
+
+    @property
+    def key(self) -> str:
+        """Identity for breaker and metrics state: bounded by the policy, not by client input."""
+        return f"{self.provider}/{self.model}"
+
+    def upstream_model(self, requested: str) -> str:
+        return self.model.replace(MODEL_PLACEHOLDER, requested) if MODEL_PLACEHOLDER in self.model else self.model
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 3
+    max_attempts_per_target: int = 2
+    base_interval_s: float = 0.25
+    max_interval_s: float = 8.0
+    wait_for_preferred_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str  # the `model` a client asks for; may be a glob ("*:deepseek-chat-v3")
+    targets: tuple[Target, ...]
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    deadline_s: float = 60.0
+    ttft_s: float | None = None  # streams: fail over if the first token is slower
+    strategy: Strategy = "weighted"
+
+    @property
+    def is_pattern(self) -> bool:
+        return any(ch in self.name for ch in "*?[")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLimits:
+    requests_per_second: float | None = None
+    burst: int | None = None  # defaults to max(1, requests_per_second)
+    tokens_per_minute: int | None = None
+    queue_s: float = 0.0  # wait up to this long for capacity instead of answering 429 at once
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    name: str
+    key_env: str | None = None
+    key_sha256: str | None = None  # hex digest, an alternative to key_env
+    key: str | None = field(default=None, repr=False, compare=False)
+    limits: ClientLimits = field(default_factory=ClientLimits)
+    routes: tuple[str, ...] | None = None  # allowed route names; None = all
+
+    def may_use(self, route_name: str) -> bool:
+        return self.routes is None or route_name in self.routes
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudget:
+    """Envoy/Finagle-style: retries may not exceed `percent` of recent requests plus a floor."""
+
+    percent: float = 20.0
+    min_per_second: float = 5.0
+    window_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class StatePolicy:
+    backend: StateBackendName = "memory"
+    url: str | None = None
+    key_prefix: str = "llm_router:"
+    timeout_ms: int = 50
+    on_error: OnStateError = "local"
+    replicas: int = 1  # used by on_error=local to enforce this replica's share of a limit
+
+
+@dataclass(frozen=True, slots=True)
+class ServerPolicy:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 4 * 1024 * 1024
+    drain_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    providers: Mapping[str, Provider]
+    routes: Mapping[str, Route]
+    clients: tuple[Client, ...] = ()
+    retry_budget: RetryBudget = field(default_factory=RetryBudget)
+    state: StatePolicy = field(default_factory=StatePolicy)
+    server: ServerPolicy = field(default_factory=ServerPolicy)
+    version: int = 1
+    source: str = "<memory>"  # file the policy came from, for error messages
+
+    def find_route(self, requested_model: str) -> Route | None:
+        """Exact names first, then glob patterns in file order. Model ids stay opaque strings."""
+        route = self.routes.get(requested_model)
+        if route is not None and not route.is_pattern:
+            return route
+        for candidate in self.routes.values():
+            if candidate.is_pattern and fnmatch.fnmatchcase(requested_model, candidate.name):
+                return candidate
+        return None
+
+    def client_named(self, name: str) -> Client | None:
+        for client in self.clients:
+            if client.name == name:
+                return client
+        return None
