@@ -1,1 +1,42 @@
+"""A resilient request router for OpenAI-compatible LLM APIs.
 
+Embed it (`Router`), run it as a daemon (`router serve`), watch it from Prometheus.
+"""
+
+from router.completion import ChatResult
+from router.errors import (
+    InvalidRequest,
+    NoTargetAvailable,
+    PolicyError,
+    RateLimited,
+    RouteNotAllowed,
+    RouterError,
+    StreamInterrupted,
+    UnknownRoute,
+    UpstreamError,
+)
+from router.policy import Policy, load_policy
+from router.router import Router
+from router.sse import SseEvent
+from router.streaming import ChatStream
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChatResult",
+    "ChatStream",
+    "InvalidRequest",
+    "NoTargetAvailable",
+    "Policy",
+    "PolicyError",
+    "RateLimited",
+    "RouteNotAllowed",
+    "Router",
+    "RouterError",
+    "SseEvent",
+    "StreamInterrupted",
+    "UnknownRoute",
+    "UpstreamError",
+    "__version__",
+    "load_policy",
+]

@@ -1,0 +1,69 @@
+"""The engine's observation seam: what happened, reported to an injected sink.
+
+The engine calls these hooks and knows nothing about Prometheus; the metrics
+exporter (and tests) implement `Observer`. Labels passed here come from a closed
+set: route and provider names from the policy, client names, `Reason` values.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Observer(Protocol):
+    def request_started(self, route: str, client: str) -> None: ...
+    def request_finished(self, route: str, client: str, outcome: str, duration_s: float) -> None: ...
+    def attempt_finished(self, route: str, provider: str, outcome: str, duration_s: float,
+                         ttfb_s: float | None) -> None: ...
+    def retried(self, route: str, reason: str) -> None: ...
+    def failed_over(self, route: str, from_provider: str, to_provider: str) -> None: ...
+    def retry_budget_exhausted(self, route: str) -> None: ...
+    def client_rate_limited(self, client: str, kind: str) -> None: ...
+    def provider_throttled(self, provider: str) -> None: ...
+    def breaker_changed(self, provider: str, target: str, state: str) -> None: ...
+    def stream_chunk_gap(self, provider: str, gap_s: float) -> None: ...
+    def malformed_event(self, provider: str) -> None: ...
+    def tokens_used(self, route: str, provider: str, prompt: int, completion: int) -> None: ...
+
+
+class NullObserver:
+    """Default: observing costs nothing when nobody listens."""
+
+    __slots__ = ()
+
+    def request_started(self, route: str, client: str) -> None:
+        pass
+
+    def request_finished(self, route: str, client: str, outcome: str, duration_s: float) -> None:
+        pass
+
+    def attempt_finished(self, route: str, provider: str, outcome: str, duration_s: float,
+                         ttfb_s: float | None) -> None:
+        pass
+
+    def retried(self, route: str, reason: str) -> None:
+        pass
+
+    def failed_over(self, route: str, from_provider: str, to_provider: str) -> None:
+        pass
+
+    def retry_budget_exhausted(self, route: str) -> None:
+        pass
+
+    def client_rate_limited(self, client: str, kind: str) -> None:
+        pass
+
+    def provider_throttled(self, provider: str) -> None:
+        pass
+
+    def breaker_changed(self, provider: str, target: str, state: str) -> None:
+        pass
+
+    def stream_chunk_gap(self, provider: str, gap_s: float) -> None:
+        pass
+
+    def malformed_event(self, provider: str) -> None:
+        pass
+
+    def tokens_used(self, route: str, provider: str, prompt: int, completion: int) -> None:
+        pass

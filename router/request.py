@@ -1,0 +1,183 @@
+"""The client's chat request as an immutable value, and the upstream bodies built from it.
+
+The body is forwarded byte-faithfully: only the value of the top-level `model`
+key is spliced out and replaced, so unknown vendor fields, key order, number
+formatting and escapes reach the provider exactly as the client sent them.
+Model ids are opaque strings (never split on ':' or '/').
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from router.errors import InvalidRequest
+
+# Chat prompts are ~4 characters per token; good enough for a reservation that is
+# reconciled with the provider's `usage` afterwards.
+_CHARS_PER_TOKEN = 4
+DEFAULT_COMPLETION_ESTIMATE = 512
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_STRING_RE = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_STRUCT_RE = re.compile(rb'["{}\[\]]')
+_WS = b" \t\r\n"
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def clean_request_id(value: str | None) -> str:
+    """Keep a caller's id only if it is safe to log and forward; otherwise make one."""
+    if value and _REQUEST_ID_RE.match(value):
+        return value
+    return new_request_id()
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    body: bytes
+    payload: Mapping[str, Any]
+    model: str
+    stream: bool
+    max_tokens: int | None
+    request_id: str
+    _model_span: tuple[int, int] | None
+
+    @property
+    def token_estimate(self) -> int:
+        """Prompt estimate + completion cap: what a tokens-per-minute limit reserves."""
+        completion = self.max_tokens if self.max_tokens is not None else DEFAULT_COMPLETION_ESTIMATE
+        return len(self.body) // _CHARS_PER_TOKEN + completion
+
+    def body_for(self, upstream_model: str) -> bytes:
+        """The client's body with only `model` replaced."""
+        if upstream_model == self.model:
+            return self.body
+        encoded = json.dumps(upstream_model, ensure_ascii=False).encode()
+        if self._model_span is None:  # the key was written with escapes; fall back to re-encoding
+            return json.dumps({**self.payload, "model": upstream_model}, ensure_ascii=False).encode()
+        start, end = self._model_span
+        return self.body[:start] + encoded + self.body[end:]
+
+    def continuation_body(self, upstream_model: str, text_so_far: str) -> bytes:
+        """The conversation plus the text streamed so far as an assistant prefill."""
+        messages = [*self.payload["messages"], {"role": "assistant", "content": text_so_far}]
+        payload = {**self.payload, "model": upstream_model, "messages": messages}
+        return json.dumps(payload, ensure_ascii=False).encode()
+
+
+def parse_chat_request(body: bytes | Mapping[str, Any], *, request_id: str | None = None) -> ChatRequest:
+    """Validate a chat-completions body. Raises InvalidRequest naming the bad parameter."""
+    if isinstance(body, Mapping):
+        payload = dict(body)
+        try:
+            raw = json.dumps(payload, ensure_ascii=False).encode()
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest(f"request body is not JSON-serialisable: {exc}") from None
+    else:
+        raw = bytes(body)
+        try:
+            payload = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidRequest("request body is not valid JSON") from None
+        if not isinstance(payload, dict):
+            raise InvalidRequest("request body must be a JSON object")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("`model` is required and must be a non-empty string", param="model")
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("`messages` is required and must be a non-empty array", param="messages")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise InvalidRequest(f"`messages[{index}]` must be an object with a string `role`",
+                                 param=f"messages[{index}]")
+    stream = payload.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise InvalidRequest("`stream` must be a boolean", param="stream")
+    max_tokens = _optional_positive_int(payload, "max_tokens")
+    if max_tokens is None:
+        max_tokens = _optional_positive_int(payload, "max_completion_tokens")
+    span = _top_level_value_span(raw, b'"model"')
+    return ChatRequest(body=raw, payload=payload, model=model, stream=stream, max_tokens=max_tokens,
+                       request_id=clean_request_id(request_id), _model_span=span)
+
+
+def _optional_positive_int(payload: Mapping[str, Any], key: str) -> int | None:
+    value = payload.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidRequest(f"`{key}` must be a positive integer", param=key)
+    return value
+
+
+def _skip_ws(raw: bytes, pos: int) -> int:
+    while pos < len(raw) and raw[pos] in _WS:
+        pos += 1
+    return pos
+
+
+def _skip_value(raw: bytes, pos: int) -> int:
+    """End offset of the JSON value starting at `pos` (the body is already known to be valid JSON)."""
+    first = raw[pos:pos + 1]
+    if first == b'"':
+        match = _STRING_RE.match(raw, pos)
+        return match.end() if match else len(raw)
+    if first in (b"{", b"["):
+        depth = 0
+        cursor = pos
+        while (match := _STRUCT_RE.search(raw, cursor)) is not None:
+            char = match.group()
+            if char == b'"':  # jump over the whole string so brackets inside it do not count
+                string = _STRING_RE.match(raw, match.start())
+                cursor = string.end() if string else len(raw)
+                continue
+            depth += 1 if char in (b"{", b"[") else -1
+            cursor = match.end()
+            if depth == 0:
+                return cursor
+        return len(raw)
+    end = pos
+    while end < len(raw) and raw[end] not in b",}] \t\r\n":
+        end += 1
+    return end
+
+
+def _top_level_value_span(raw: bytes, key: bytes) -> tuple[int, int] | None:
+    """Span of the value of a top-level key, found without decoding the whole body.
+
+    Duplicate top-level `model` keys are refused: a body must not be able to say one
+    thing to our validation and another to a provider's parser.
+    """
+    found: tuple[int, int] | None = None
+    pos = _skip_ws(raw, 0)
+    if raw[pos:pos + 1] != b"{":
+        return None
+    pos += 1
+    while True:
+        pos = _skip_ws(raw, pos)
+        if raw[pos:pos + 1] != b'"':
+            return found
+        key_match = _STRING_RE.match(raw, pos)
+        if key_match is None:
+            return found
+        pos = _skip_ws(raw, key_match.end()) + 1  # past ':'
+        pos = _skip_ws(raw, pos)
+        end = _skip_value(raw, pos)
+        if key_match.group() == key:
+            if found is not None:
+                raise InvalidRequest("`model` appears more than once in the request body", param="model")
+            found = (pos, end)
+        pos = _skip_ws(raw, end)
+        if raw[pos:pos + 1] != b",":
+            return found
+        pos += 1

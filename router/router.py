@@ -1,0 +1,190 @@
+"""`Router`: the library's front door.
+
+    async with Router.from_file("policies/default.yaml") as router:
+        reply = await router.chat({"model": "chat", "messages": [...]})
+        async with router.stream({"model": "chat", "messages": [...], "stream": True}) as stream:
+            async for event in stream:
+                ...
+
+Holds one policy snapshot (swapped atomically by `reload`), one transport (one
+aiohttp session), one state object and one observer. Nothing is global: two
+routers in one process share nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from router.clock import Clock, SystemClock
+from router.completion import ChatResult, attempt_completion
+from router.engine import Call, Engine, Snapshot, outcome_of
+from router.errors import InvalidRequest, RateLimited, RouteNotAllowed, RouterError, UnknownRoute
+from router.events import NullObserver, Observer
+from router.limits import Bucket
+from router.policy import load_policy
+from router.policy.model import Client, Policy
+from router.request import ChatRequest, parse_chat_request
+from router.streaming import ChatStream
+from router.transport import HttpTransport, Transport
+
+Body = bytes | Mapping[str, Any] | ChatRequest
+
+
+class Router:
+    def __init__(self, policy: Policy, *, observer: Observer | None = None,
+                 transport: Transport | None = None, clock: Clock | None = None,
+                 rng: random.Random | None = None,
+                 sleep: Callable[[float], Awaitable[None]] | None = None) -> None:
+        self._clock = clock or SystemClock()
+        self._observer = observer or NullObserver()
+        self._snapshot = Snapshot.build(policy)
+        self._own_transport = transport is None
+        self._transport = transport or HttpTransport(policy.providers, clock=self._clock)
+        self._engine = Engine(transport=self._transport, observer=self._observer, clock=self._clock,
+                              rng=rng or random.Random(), sleep=sleep or asyncio.sleep)
+        self._closed = False
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> Router:
+        """Load and validate a policy file (raises PolicyError naming the key path)."""
+        return cls(load_policy(path), **kwargs)
+
+    @property
+    def policy(self) -> Policy:
+        return self._snapshot.policy
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def __aenter__(self) -> Router:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._own_transport:
+            await self._transport.aclose()
+
+    def reload(self, policy: Policy) -> None:
+        """Swap to a new, already validated policy. In-flight requests keep their snapshot;
+        breaker and limiter state of unchanged providers and clients carry over."""
+        snapshot = Snapshot.build(policy, previous=self._snapshot)
+        configure = getattr(self._transport, "configure", None)
+        if configure is not None:
+            configure(policy.providers)
+        self._snapshot = snapshot
+
+    # -- requests ----------------------------------------------------------------------------
+    async def chat(self, body: Body, *, client: str | None = None,
+                   request_id: str | None = None) -> ChatResult:
+        """A non-streaming chat completion. Raises RateLimited, NoTargetAvailable, UpstreamError,
+        InvalidRequest (UnknownRoute, RouteNotAllowed)."""
+        request = _as_request(body, request_id)
+        if request.stream:
+            raise InvalidRequest("use stream() for a request with `stream: true`", param="stream")
+        call = await self._admit(request, client)
+        observer = self._observer
+        try:
+            result = await self._engine.run(call, lambda c, go: attempt_completion(self._engine, c, go))
+        except BaseException as exc:
+            self._release_client_tokens(call)
+            observer.request_finished(call.route.name, call.client, outcome_of(exc),
+                                      self._clock.monotonic() - call.started)
+            raise
+        observer.request_finished(call.route.name, call.client, "success", self._clock.monotonic() - call.started)
+        return result
+
+    def stream(self, body: Body, *, client: str | None = None, request_id: str | None = None) -> ChatStream:
+        """A streaming chat completion: an async iterator of SSE events (see ChatStream).
+        Admission (route, client limits) happens when the stream starts, so errors
+        before the commit point are raised by `start()` or the first iteration."""
+        request = _as_request(body, request_id, force_stream=True)
+
+        async def admit() -> tuple[Call, Callable[[str], None]]:
+            call = await self._admit(request, client)
+
+            def finished(outcome: str) -> None:
+                if outcome != "success":
+                    self._release_client_tokens(call)
+                self._observer.request_finished(call.route.name, call.client, outcome,
+                                                self._clock.monotonic() - call.started)
+
+            return call, finished
+
+        return ChatStream(self._engine, request, admit)
+
+    # -- admission ---------------------------------------------------------------------------
+    async def _admit(self, request: ChatRequest, client_name: str | None) -> Call:
+        if self._closed:
+            raise RouterError("router is closed")
+        snapshot = self._snapshot
+        policy = snapshot.policy
+        route = policy.find_route(request.model)
+        if route is None:
+            raise UnknownRoute(request.model)
+        client: Client | None = None
+        if client_name is not None:
+            client = policy.client_named(client_name)
+            if client is None:
+                raise InvalidRequest(f"unknown client `{client_name}`")
+            if not client.may_use(route.name):
+                raise RouteNotAllowed(client.name, route.name)
+        now = self._clock.monotonic()
+        call = Call(snapshot=snapshot, route=route, tiers=snapshot.tiers[route.name], request=request,
+                    client=client.name if client else "-", started=now, deadline=now + route.deadline_s)
+        if client is not None:
+            await self._take_client_limits(call, client)
+        snapshot.state.budget.record_request(now)
+        self._observer.request_started(route.name, call.client)
+        return call
+
+    async def _take_client_limits(self, call: Call, client: Client) -> None:
+        state = call.snapshot.state.client(client)
+        max_wait = min(client.limits.queue_s, max(0.0, call.deadline - self._clock.monotonic()))
+        if state.requests is not None:
+            wait = await _take(state.requests, 1, max_wait)
+            if wait > 0:
+                self._observer.client_rate_limited(client.name, "requests")
+                raise RateLimited(f"client `{client.name}` is over its request rate", retry_after=wait)
+        if state.tokens is not None:
+            estimate = call.request.token_estimate
+            wait = await _take(state.tokens, estimate, max_wait)
+            if wait > 0:
+                if state.requests is not None:
+                    state.requests.give_back(1)
+                self._observer.client_rate_limited(client.name, "tokens")
+                raise RateLimited(f"client `{client.name}` is over its token rate", retry_after=wait)
+            call.tokens_reserved = min(estimate, int(state.tokens.capacity))
+
+    def _release_client_tokens(self, call: Call) -> None:
+        if not call.tokens_reserved:
+            return
+        client = call.snapshot.policy.client_named(call.client)
+        if client is not None:
+            bucket = call.snapshot.state.client(client).tokens
+            if bucket is not None:
+                bucket.give_back(call.tokens_reserved)
+        call.tokens_reserved = 0
+
+
+async def _take(bucket: Bucket, amount: float, max_wait: float) -> float:
+    if max_wait <= 0:
+        return bucket.try_take(amount)
+    return await bucket.take_within(amount, max_wait)
+
+
+def _as_request(body: Body, request_id: str | None, *, force_stream: bool = False) -> ChatRequest:
+    if isinstance(body, ChatRequest):
+        return body
+    if force_stream and isinstance(body, Mapping) and not body.get("stream"):
+        body = {**body, "stream": True}
+    request = parse_chat_request(body, request_id=request_id)
+    if force_stream and not request.stream:
+        raise InvalidRequest("stream() needs `stream: true` in the body", param="stream")
+    return request

@@ -1,0 +1,212 @@
+"""HTTP to providers: one shared aiohttp session per router, per-try timeouts, no surprises.
+
+- One `ClientSession` with a keep-alive pool for the router's lifetime.
+- Per try: connect (incl. waiting for a pool slot), first byte (until headers),
+  idle (between body/stream reads); each capped by the request's remaining
+  deadline, and a timeout that the deadline caused is marked as such.
+- Headers are built from the provider's config only: Bearer key from its env
+  var, extra headers, `X-Request-ID`. Nothing the client sent (its credentials,
+  cookies, hop-by-hop headers) is ever forwarded. Redirects are not followed.
+- aiohttp exceptions are translated into `transport_errors` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+
+from router.clock import Clock, SystemClock
+from router.policy.model import Provider
+from router.sse import SseEvent, SseParser
+from router.transport_errors import (
+    BodyCut,
+    ConnectFailed,
+    ConnectionLost,
+    FirstByteTimeout,
+    IdleTimeout,
+)
+
+_READ_ERRORS = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError)
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One upstream attempt, fully built: nothing is mutated after this point."""
+
+    provider: Provider
+    body: bytes
+    request_id: str
+    stream: bool
+    deadline: float  # monotonic
+
+
+class Reply(Protocol):
+    status: int
+    headers: Mapping[str, str]
+
+    async def read(self) -> bytes: ...
+    def events(self) -> AsyncIterator[SseEvent]: ...
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    async def send(self, outgoing: Outgoing) -> Reply: ...
+    async def aclose(self) -> None: ...
+
+
+def _cap(configured: float, deadline: float, now: float) -> tuple[float, bool]:
+    remaining = deadline - now
+    if remaining < configured:
+        return max(remaining, 0.0), True
+    return configured, False
+
+
+class _HttpReply:
+    __slots__ = ("_clock", "_closed", "_deadline", "_idle_s", "_release", "_response", "headers", "status")
+
+    def __init__(self, response: aiohttp.ClientResponse, outgoing: Outgoing, clock: Clock,
+                 release: asyncio.Semaphore) -> None:
+        self._response = response
+        self.status = response.status
+        self.headers: Mapping[str, str] = response.headers
+        self._idle_s = outgoing.provider.timeouts.idle_s
+        self._deadline = outgoing.deadline
+        self._clock = clock
+        self._release = release
+        self._closed = False
+
+    async def _read_chunk(self) -> bytes:
+        limit, bound = _cap(self._idle_s, self._deadline, self._clock.monotonic())
+        try:
+            async with asyncio.timeout(limit):
+                return await self._response.content.readany()
+        except TimeoutError:
+            raise IdleTimeout(f"no data for {limit:.3g}s", deadline_bound=bound) from None
+        except _READ_ERRORS as exc:
+            raise BodyCut(f"connection lost mid-body ({type(exc).__name__})") from None
+
+    async def read(self) -> bytes:
+        parts: list[bytes] = []
+        try:
+            while chunk := await self._read_chunk():
+                parts.append(chunk)
+        finally:
+            self.close()
+        return b"".join(parts)
+
+    async def events(self) -> AsyncIterator[SseEvent]:
+        parser = SseParser()
+        try:
+            while chunk := await self._read_chunk():
+                for event in parser.feed(chunk):
+                    yield event
+            if parser.finish():
+                raise BodyCut("stream ended inside an event")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # A fully read response goes back to the keep-alive pool; a partial one is closed.
+        if self._response.content.at_eof():
+            self._response.release()
+        else:
+            self._response.close()
+        self._release.release()
+
+
+class HttpTransport:
+    """The production transport. Create inside a running event loop; close with `aclose()`."""
+
+    def __init__(self, providers: Mapping[str, Provider], *, clock: Clock | None = None) -> None:
+        self._clock = clock or SystemClock()
+        self._session: aiohttp.ClientSession | None = None
+        self._slots: dict[str, tuple[int, asyncio.Semaphore]] = {}
+        self._headers: dict[str, dict[str, str]] = {}
+        self.configure(providers)
+
+    def configure(self, providers: Mapping[str, Provider]) -> None:
+        """Adopt a new policy's providers; pools and connection slots of unchanged ones survive."""
+        slots: dict[str, tuple[int, asyncio.Semaphore]] = {}
+        headers: dict[str, dict[str, str]] = {}
+        for name, provider in providers.items():
+            kept = self._slots.get(name)
+            slots[name] = kept if kept and kept[0] == provider.max_connections \
+                else (provider.max_connections, asyncio.Semaphore(provider.max_connections))
+            base = {"Content-Type": "application/json", **provider.headers}
+            if provider.api_key:
+                base["Authorization"] = f"Bearer {provider.api_key}"
+            headers[name] = base
+        self._slots, self._headers = slots, headers
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30,
+                                             ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
+                                                  skip_auto_headers=("User-Agent",),
+                                                  timeout=aiohttp.ClientTimeout(total=None))
+        return self._session
+
+    async def send(self, outgoing: Outgoing) -> _HttpReply:
+        provider = outgoing.provider
+        timeouts = provider.timeouts
+        session = self._get_session()
+        _, slot = self._slots[provider.name]
+        connect_s, connect_bound = _cap(timeouts.connect_s, outgoing.deadline, self._clock.monotonic())
+        if slot.locked():
+            try:
+                async with asyncio.timeout(connect_s):
+                    await slot.acquire()
+            except TimeoutError:
+                raise ConnectFailed("no free connection slot (max_connections)",
+                                    deadline_bound=connect_bound) from None
+        else:
+            await slot.acquire()
+        headers = self._headers[provider.name].copy()
+        headers["X-Request-ID"] = outgoing.request_id
+        if outgoing.stream:
+            headers["Accept"] = "text/event-stream"
+        first_byte_s, first_bound = _cap(timeouts.first_byte_s, outgoing.deadline, self._clock.monotonic())
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=max(connect_s, 1e-3))
+        window = asyncio.timeout(first_byte_s)
+        try:
+            async with window:
+                response = await session.post(provider.chat_url, data=outgoing.body, headers=headers,
+                                              allow_redirects=False, timeout=timeout)
+        except BaseException as exc:
+            slot.release()
+            raise _translate(exc, window_expired=window.expired(),
+                             connect_bound=connect_bound, first_bound=first_bound,
+                             first_byte_s=first_byte_s) from None
+        return _HttpReply(response, outgoing, self._clock, slot)
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _translate(exc: BaseException, *, window_expired: bool, connect_bound: bool, first_bound: bool,
+               first_byte_s: float) -> BaseException:
+    if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+        return exc
+    if isinstance(exc, aiohttp.ConnectionTimeoutError) and not window_expired:
+        return ConnectFailed("connect timeout", deadline_bound=connect_bound)
+    if isinstance(exc, TimeoutError):
+        return FirstByteTimeout(f"no response headers within {first_byte_s:.3g}s", deadline_bound=first_bound)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return ConnectFailed(f"cannot connect ({type(exc).__name__})")
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | ConnectionError):
+        return ConnectionLost(f"connection lost before headers ({type(exc).__name__})")
+    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
+        return ConnectionLost(f"malformed response ({type(exc).__name__})")
+    if isinstance(exc, aiohttp.ClientError):
+        return ConnectFailed(f"client error ({type(exc).__name__})")
+    return exc

@@ -1,0 +1,44 @@
+"""Failures the transport reports, free of aiohttp types.
+
+The transport translates library exceptions into these so that the classifier
+(the only code that interprets failures) never imports the HTTP client.
+"""
+
+from __future__ import annotations
+
+
+class TransportError(Exception):
+    """Base: the attempt failed before a complete, parseable answer arrived."""
+
+    def __init__(self, detail: str = "", *, deadline_bound: bool = False) -> None:
+        super().__init__(detail or type(self).__name__)
+        # True when the timeout that fired was the request's deadline, not the provider's own limit.
+        self.deadline_bound = deadline_bound
+
+
+class ConnectFailed(TransportError):
+    """No connection: refused, DNS failure, connect timeout, or the pool wait timed out."""
+
+
+class ConnectionLost(TransportError):
+    """The connection closed or reset before the response headers arrived."""
+
+
+class FirstByteTimeout(TransportError):
+    """Connected, but no response headers within `first_byte_s`."""
+
+
+class FirstTokenTimeout(TransportError):
+    """A stream started but its first event came later than the route's `ttft_s`."""
+
+
+class IdleTimeout(TransportError):
+    """Nothing arrived for `idle_s` while reading a body or a stream (a stall)."""
+
+
+class BodyCut(TransportError):
+    """The body or stream ended abruptly: reset mid-body, or EOF inside an event."""
+
+
+class InvalidResponse(TransportError):
+    """A 2xx whose body is not the JSON or SSE it should be."""
