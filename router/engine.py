@@ -323,7 +323,7 @@ def outcome_of(exc: BaseException) -> str:
     if isinstance(exc, UpstreamError):
         return exc.reason
     if isinstance(exc, RouterError):
-        return exc.error_type
+        return exc.code or exc.error_type
     return "internal_error"
 
 

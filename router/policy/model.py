@@ -49,6 +49,19 @@ class BreakerPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class MockSpec:
+    """Demo only: the daemon itself runs a fake provider at this (loopback) base_url."""
+
+    error_rates: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    retry_after: str = "1"
+    latency_s: float = 0.0
+    chunks: int = 5
+    interval_s: float = 0.0
+    content: str | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Provider:
     name: str
     base_url: str  # without trailing slash, e.g. https://api.asi1.ai/v1
@@ -61,6 +74,7 @@ class Provider:
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     max_connections: int = 100
     supports_prefill: bool = False
+    mock: MockSpec | None = None
 
     @property
     def chat_url(self) -> str:

@@ -1,0 +1,63 @@
+"""The app factory: routes, the error middleware, and the router's lifetime."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from router.router import Router
+from router.server import handlers
+from router.server.auth import ClientKeys
+from router.server.errors import error_response
+from router.server.state import STATE, ServerState
+
+log = logging.getLogger("router.server")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn aiohttp's HTML errors (404, 405, 413...) and crashes into OpenAI error JSON."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = {404: f"unknown path {request.path}",
+                   405: f"method {request.method} not allowed on {request.path}"}.get(exc.status, exc.reason)
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error_response(exc.status, message, headers=headers)
+    except Exception as exc:
+        # Log the type and message only: a traceback could carry request data into the logs.
+        log.error("internal error serving %s %s: %s: %s", request.method, request.path,
+                  type(exc).__name__, exc)
+        return error_response(500, "internal error in the router", code="internal_error")
+
+
+def create_app(router: Router, *, registry: CollectorRegistry | None = None,
+               own_router: bool = True) -> web.Application:
+    """Build the daemon's app around an existing Router. With `own_router`, the app closes it."""
+    policy = router.policy
+    app = web.Application(client_max_size=policy.server.max_body_bytes, middlewares=[openai_errors])
+    state = ServerState(router=router, keys=ClientKeys(policy), registry=registry or CollectorRegistry())
+    app[STATE] = state
+    app.router.add_post("/v1/chat/completions", handlers.chat_completions)
+    app.router.add_get("/v1/models", handlers.models)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/metrics", handlers.metrics)
+
+    if state.keys.open:
+        log.warning("no clients configured: the daemon accepts requests without a key (dev mode)")
+
+    async def router_lifetime(app: web.Application) -> AsyncIterator[None]:
+        yield
+        if own_router:
+            await router.aclose()
+
+    app.cleanup_ctx.append(router_lifetime)
+    return app

@@ -1,0 +1,63 @@
+"""Every error the daemon sends, in the OpenAI shape: {"error": {message, type, param, code}}.
+
+The message is the router's own summary (or the provider's message for a 4xx
+about the request itself); never a stack trace, never a key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from aiohttp import web
+
+from router.errors import InvalidRequest, NoTargetAvailable, RateLimited, RouterError, UpstreamError
+
+_STATUS_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    408: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "internal_error",
+    502: "upstream_error",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
+
+
+def error_body(message: str, *, status: int, code: str | None = None, param: str | None = None,
+               error_type: str | None = None) -> bytes:
+    return json.dumps({"error": {"message": message, "type": error_type or _STATUS_TYPES.get(status, "error"),
+                                 "param": param, "code": code}}).encode()
+
+
+def error_response(status: int, message: str, *, code: str | None = None, param: str | None = None,
+                   error_type: str | None = None, retry_after: float | None = None,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    out = dict(headers or {})
+    if retry_after is not None:
+        # Retry-After is whole seconds; round up so a client never comes back too early.
+        out["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return web.Response(status=status, content_type="application/json", headers=out,
+                        body=error_body(message, status=status, code=code, param=param, error_type=error_type))
+
+
+def router_error_response(exc: RouterError, headers: dict[str, str] | None = None) -> web.Response:
+    """Map a typed engine error to its HTTP answer (the status lives on the exception)."""
+    retry_after: float | None = None
+    param: str | None = None
+    if isinstance(exc, RateLimited):
+        retry_after = exc.retry_after
+    elif isinstance(exc, NoTargetAvailable):
+        retry_after = exc.retry_after if exc.retry_after is not None else 1.0
+    elif isinstance(exc, UpstreamError) and exc.status in (502, 503, 504):
+        retry_after = None
+    if isinstance(exc, InvalidRequest):
+        param = exc.param
+    status = exc.status if 400 <= exc.status <= 599 else 500
+    return error_response(status, exc.message, code=exc.code, param=param, error_type=exc.error_type,
+                          retry_after=retry_after, headers=headers)

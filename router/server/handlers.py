@@ -1,0 +1,169 @@
+"""HTTP handlers. Thin: authenticate, read the body, call the engine, relay the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from aiohttp import web
+
+from router.engine import outcome_of, usage_counts
+from router.errors import InvalidRequest, RouterError, StreamInterrupted
+from router.request import ChatRequest, clean_request_id, parse_chat_request
+from router.server.access_log import AccessRecord, log_access
+from router.server.errors import error_response, router_error_response
+from router.server.state import STATE, ServerState
+
+log = logging.getLogger("router.server")
+
+# A client that trickles its body this slowly is holding a connection hostage.
+BODY_READ_TIMEOUT_S = 30.0
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    started = time.monotonic()
+    request_id = clean_request_id(request.headers.get("X-Request-ID"))
+    record = AccessRecord(request_id=request_id, method=request.method, path=request.path)
+    try:
+        response = await _chat(request, state, record, started)
+    except asyncio.CancelledError:
+        record.outcome, record.status = "cancelled", 499  # the client went away
+        raise
+    finally:
+        record.latency_ms = round((time.monotonic() - started) * 1000, 3)
+        log_access(record)
+    return response
+
+
+async def _chat(request: web.Request, state: ServerState, record: AccessRecord,
+                started: float) -> web.StreamResponse:
+    headers = {"x-request-id": record.request_id, "x-router-attempts": "0", "x-router-provider": "none"}
+    if state.draining:
+        return _fail(record, error_response(503, "the router is shutting down", code="draining",
+                                            retry_after=1, headers=headers))
+    client = state.keys.identify(request.headers)
+    if client is None and not state.keys.open:
+        return _fail(record, error_response(401, "missing or invalid API key", code="invalid_api_key",
+                                            headers=headers))
+    record.client = client or "-"
+    try:
+        async with asyncio.timeout(BODY_READ_TIMEOUT_S):
+            body = await request.read()
+    except TimeoutError:
+        return _fail(record, error_response(408, "request body not received in time", headers=headers))
+    except web.HTTPRequestEntityTooLarge:
+        limit = state.router.policy.server.max_body_bytes
+        return _fail(record, error_response(413, f"request body is larger than {limit} bytes",
+                                            code="body_too_large", headers=headers))
+    try:
+        chat = parse_chat_request(body, request_id=record.request_id)
+    except InvalidRequest as exc:
+        return _fail(record, router_error_response(exc, headers))
+    record.stream = chat.stream
+    if chat.stream:
+        return await _stream(request, state, chat, client, record, headers, started)
+    try:
+        result = await state.router.chat(chat, client=client)
+    except RouterError as exc:
+        return _fail(record, _with_attempts(exc, headers), outcome_of(exc))
+    record.route, record.provider, record.attempts = result.route, result.provider, result.attempts
+    record.status, record.outcome = result.status, "success"
+    record.prompt_tokens, record.completion_tokens = usage_counts(result.data.get("usage"))
+    headers["x-router-provider"] = result.provider
+    headers["x-router-attempts"] = str(result.attempts)
+    headers["Content-Type"] = result.content_type
+    return web.Response(status=result.status, body=result.body, headers=headers)
+
+
+async def _stream(request: web.Request, state: ServerState, chat: ChatRequest, client: str | None,
+                  record: AccessRecord, headers: dict[str, str], started: float) -> web.StreamResponse:
+    stream = state.router.stream(chat, client=client)
+    try:
+        # Nothing, not even headers, goes to the client before the first upstream event:
+        # until then a failure can still fail over invisibly.
+        await stream.start()
+    except RouterError as exc:
+        return _fail(record, _with_attempts(exc, headers), outcome_of(exc))
+    except BaseException:
+        await stream.aclose()
+        raise
+    record.route, record.provider, record.attempts = stream.route, stream.provider, stream.attempts
+    headers.update(_SSE_HEADERS)
+    headers["x-router-provider"] = stream.provider or "none"
+    headers["x-router-attempts"] = str(stream.attempts)
+    response = web.StreamResponse(status=200, headers=headers)
+    record.status = 200
+    try:
+        await response.prepare(request)
+        record.ttfb_ms = round((time.monotonic() - started) * 1000, 3)
+        async for event in stream:
+            await response.write(event.raw)
+        record.outcome = "success"
+    except StreamInterrupted as exc:
+        record.outcome = exc.reason  # the error event was already relayed; no [DONE]
+    except (ConnectionError, asyncio.CancelledError):
+        record.outcome = "cancelled"
+        raise
+    finally:
+        await stream.aclose()
+        record.attempts = stream.attempts
+        usage = stream.transcript.usage if stream.transcript else None
+        record.prompt_tokens, record.completion_tokens = usage_counts(usage)
+    return response
+
+
+def _with_attempts(exc: RouterError, headers: dict[str, str]) -> web.Response:
+    attempts = getattr(exc, "attempts", 0)
+    provider = getattr(exc, "provider", None)
+    headers["x-router-attempts"] = str(attempts)
+    if provider:
+        headers["x-router-provider"] = provider
+    return router_error_response(exc, headers)
+
+
+def _fail(record: AccessRecord, response: web.Response, outcome: str | None = None) -> web.Response:
+    record.status = response.status
+    record.attempts = int(response.headers.get("x-router-attempts", "0"))
+    provider = response.headers.get("x-router-provider")
+    record.provider = provider if provider and provider != "none" else None
+    if outcome is not None:
+        record.outcome = outcome
+    else:
+        try:
+            record.outcome = json.loads(response.body)["error"]["code"] or "error"  # type: ignore[arg-type]
+        except (ValueError, KeyError, TypeError):
+            record.outcome = "error"
+    return response
+
+
+async def models(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    client_name = state.keys.identify(request.headers)
+    if client_name is None and not state.keys.open:
+        return error_response(401, "missing or invalid API key", code="invalid_api_key")
+    policy = state.router.policy
+    client = policy.client_named(client_name) if client_name else None
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": "llm-router"}
+            for name in policy.routes if client is None or client.may_use(name)]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.draining:
+        return web.json_response({"status": "draining"}, status=503)
+    return web.json_response({"status": "ready", "policy": state.router.policy.source})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    body, content_type = state.render_metrics()
+    return web.Response(body=body, headers={"Content-Type": content_type})

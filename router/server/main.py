@@ -1,0 +1,133 @@
+"""`router serve`: run the daemon until SIGTERM/SIGINT; SIGHUP (or --watch) reloads the policy.
+
+Shutdown: /readyz starts failing, the listening socket closes, in-flight requests
+and streams get up to `server.drain_timeout_s` to finish, then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+from aiohttp import web
+
+from router.errors import PolicyError
+from router.policy import load_policy
+from router.policy.model import Policy
+from router.router import Router
+from router.server.app import create_app
+from router.server.demo import start_demo_providers, stop_demo_providers
+from router.server.state import STATE, ServerState
+
+log = logging.getLogger("router.server")
+WATCH_INTERVAL_S = 1.0
+
+
+def setup_logging(level: str) -> None:
+    """Plain lines for operators on stderr; the access log's JSON lines on stdout."""
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    access = logging.getLogger("router.access")
+    access.propagate = False
+    if not access.handlers:
+        out = logging.StreamHandler(sys.stdout)
+        out.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(out)
+    access.setLevel(logging.INFO)
+    # aiohttp logs failed client connections with tracebacks at ERROR; we report them ourselves.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
+
+
+def serve(*, config: str, host: str | None = None, port: int | None = None, watch: bool = False,
+          log_level: str = "info") -> int:
+    setup_logging(log_level)
+    try:
+        policy = load_policy(config)
+    except PolicyError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    return asyncio.run(run_daemon(policy, config, host or policy.server.host,
+                                  policy.server.port if port is None else port, watch=watch))
+
+
+def reload_policy(state: ServerState, path: str) -> bool:
+    """Validate the file and swap atomically; an invalid file leaves the old policy serving."""
+    try:
+        policy = load_policy(path)
+    except PolicyError as exc:
+        log.error("policy reload rejected, the previous policy keeps serving: %s", exc)
+        state.count_reload(False)
+        return False
+    state.router.reload(policy)
+    state.adopt()
+    state.count_reload(True)
+    log.info("policy reloaded from %s", path)
+    return True
+
+
+async def _watch(path: str, state: ServerState) -> None:
+    def stamp() -> tuple[float, int] | None:
+        try:
+            info = os.stat(path)
+        except OSError:
+            return None
+        return info.st_mtime, info.st_size
+
+    last = stamp()
+    while True:
+        await asyncio.sleep(WATCH_INTERVAL_S)
+        current = stamp()
+        if current is not None and current != last:
+            last = current
+            reload_policy(state, path)
+
+
+async def run_daemon(policy: Policy, path: str, host: str, port: int, *, watch: bool = False,
+                     ready: asyncio.Event | None = None) -> int:
+    demo = await start_demo_providers(policy)
+    router = Router(policy)
+    app = create_app(router)
+    state = app[STATE]
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                           shutdown_timeout=policy.server.drain_timeout_s)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", host, port, exc.strerror or exc)
+        await runner.cleanup()
+        await stop_demo_providers(demo)
+        return 1
+    log.info("listening on http://%s:%d/v1 (policy %s, %d routes)", host, port, path, len(policy.routes))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_policy, state, path)
+    watcher = asyncio.create_task(_watch(path, state)) if watch else None
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        state.draining = True
+        log.info("draining: up to %gs for in-flight requests", router.policy.server.drain_timeout_s)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        await runner.cleanup()
+        await stop_demo_providers(demo)
+        log.info("stopped")
+    return 0
