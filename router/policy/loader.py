@@ -1,0 +1,441 @@
+"""Load a policy YAML file once, validate all of it, and return frozen `Policy` objects.
+
+Nothing below this module sees a raw dict. Validation runs in two passes:
+
+1. shape: every section is read in file order; types, ranges, unknown keys and
+   environment variables are checked as each key is met;
+2. references: route targets must name a defined provider and clients' allowed
+   routes must name a defined route (a route may be written before the
+   providers it uses, so this waits until everything is read).
+
+The first problem found raises `PolicyError`, e.g.
+``policies/prod.yaml: routes.chat.retry.max_attempts: must be >= 1, got 0``.
+Secrets never appear in messages: only the *name* of a missing variable does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from router.errors import PolicyError
+from router.policy import _fields as f
+from router.policy._fields import Invalid
+from router.policy.model import (
+    BreakerPolicy,
+    Client,
+    ClientLimits,
+    MockSpec,
+    Policy,
+    Provider,
+    ProviderLimits,
+    RetryBudget,
+    RetryPolicy,
+    Route,
+    ServerPolicy,
+    StatePolicy,
+    Target,
+    Timeouts,
+)
+
+__all__ = ["load_policy", "parse_policy", "policy_from_mapping"]
+
+SUPPORTED_VERSION = 1
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+# --- public API -------------------------------------------------------------
+
+
+def load_policy(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Policy:
+    """Read and validate a policy file. `env` (default: os.environ) supplies the secrets."""
+    source = os.fspath(path)
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise PolicyError(f"the file is not valid UTF-8 ({error.reason} at byte {error.start})",
+                          source=source) from None
+    except OSError as error:
+        raise PolicyError(f"cannot read the policy file: {error.strerror or error}", source=source) from None
+    return parse_policy(text, source=source, env=env)
+
+
+def parse_policy(text: str, *, source: str = "<memory>", env: Mapping[str, str] | None = None) -> Policy:
+    """Validate policy YAML held in a string; `source` names it in error messages."""
+    try:
+        data = _read_yaml(text)
+    except Invalid as problem:
+        raise PolicyError(problem.problem, source=source, path=problem.path) from None
+    if data is _EMPTY:
+        raise PolicyError("the policy is empty; it needs at least `providers` and `routes`", source=source)
+    return policy_from_mapping(data, source=source, env=env)
+
+
+def policy_from_mapping(data: object, *, source: str = "<memory>",
+                        env: Mapping[str, str] | None = None) -> Policy:
+    """Validate an already-parsed mapping (e.g. built in code or by another config system)."""
+    if not isinstance(data, Mapping):
+        raise PolicyError("the policy must be a mapping with `providers` and `routes` at the top level, "
+                          f"got {f.describe(data)}", source=source)
+    try:
+        return _Builder(os.environ if env is None else env).policy(data, source)
+    except Invalid as problem:
+        raise PolicyError(problem.problem, source=source, path=problem.path) from None
+
+
+# --- YAML -------------------------------------------------------------------
+
+
+_EMPTY = object()  # a file with no document at all, told apart from a literal `null`
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys, which plain YAML resolves by keeping the last one.
+
+    A repeated `max_attempts:` two screens apart is exactly the typo that must not pass silently.
+    """
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return _EMPTY
+        self._reject_duplicate_keys(node)
+        return self.construct_document(node)
+
+    def _reject_duplicate_keys(self, root: yaml.Node) -> None:
+        stack: list[tuple[yaml.Node, str]] = [(root, "")]
+        visited: set[int] = set()  # aliases can share (or even contain) a node
+        duplicates: list[tuple[int, Invalid]] = []
+        while stack:
+            node, path = stack.pop()
+            if id(node) in visited:
+                continue
+            visited.add(id(node))
+            if isinstance(node, yaml.SequenceNode):
+                stack.extend((child, f.item(path, i)) for i, child in enumerate(node.value))
+            elif isinstance(node, yaml.MappingNode):
+                stack.extend(self._mapping_children(node, path, duplicates))
+        if duplicates:
+            # The walk is depth-first, not file order: report the duplicate that comes first in the file.
+            raise min(duplicates, key=lambda found: found[0])[1]
+
+    def _mapping_children(self, node: yaml.MappingNode, path: str,
+                          duplicates: list[tuple[int, Invalid]]) -> list[tuple[yaml.Node, str]]:
+        first_line: dict[Any, int] = {}
+        children: list[tuple[yaml.Node, str]] = []
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+                children.append((value_node, path))
+                continue
+            # Compare constructed keys, so `1` and `01` (both the int 1) count as the same key.
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                problem = f"duplicate key `{key}` (lines {first_line[key]} and {line})"
+                duplicates.append((key_node.start_mark.index, Invalid(problem, f.join(path, key))))
+            first_line.setdefault(key, line)
+            children.append((value_node, f.join(path, key)))
+        return children
+
+
+def _read_yaml(text: str) -> Any:
+    try:
+        return _load_single_document(text)
+    except yaml.MarkedYAMLError as error:
+        raise Invalid(_marked_problem(error), "") from None
+    except yaml.reader.ReaderError as error:
+        line = text[: error.position].count("\n") + 1
+        raise Invalid(f"invalid YAML at line {line}: unacceptable character #x{error.character:04x}", "") \
+            from None
+    except yaml.YAMLError as error:
+        raise Invalid("invalid YAML: " + " ".join(str(error).split()), "") from None
+    except (ValueError, TypeError, LookupError, AttributeError, OverflowError) as error:
+        # SafeLoader's scalar constructors are not hardened: `2024-13-45` raises ValueError,
+        # `!!int ""` IndexError, `!!bool maybe` KeyError, `!!timestamp x` AttributeError.
+        raise Invalid(f"invalid YAML value ({type(error).__name__}: {error})", "") from None
+    except RecursionError:
+        raise Invalid("invalid YAML: nested too deeply", "") from None
+
+
+def _load_single_document(text: str) -> Any:
+    loader = _StrictLoader(text)  # the reader already rejects control characters here
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _marked_problem(error: yaml.MarkedYAMLError) -> str:
+    mark = error.problem_mark or error.context_mark
+    what = "; ".join(part for part in (error.context, error.problem) if part) or "syntax error"
+    if mark is None:
+        return f"invalid YAML: {what}"
+    return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {what}"
+
+
+# --- sections ---------------------------------------------------------------
+
+
+_timeouts = f.block(Timeouts, {"connect_s": f.positive, "first_byte_s": f.positive, "idle_s": f.positive})
+_provider_limits = f.block(ProviderLimits, {
+    "requests_per_minute": f.optional(f.positive),
+    "tokens_per_minute": f.optional(f.at_least_one),
+})
+_breaker = f.block(
+    BreakerPolicy,
+    {"consecutive_failures": f.at_least_one, "base_ejection_s": f.positive, "max_ejection_s": f.positive},
+    lambda obj, given, path: f.check_order(obj, given, "base_ejection_s", "max_ejection_s", path),
+)
+_retry = f.block(
+    RetryPolicy,
+    {
+        "max_attempts": f.at_least_one,
+        "max_attempts_per_target": f.at_least_one,
+        "base_interval_s": f.positive,
+        "max_interval_s": f.positive,
+        "wait_for_preferred_s": f.non_negative,
+    },
+    lambda obj, given, path: f.check_order(obj, given, "base_interval_s", "max_interval_s", path),
+)
+_retry_budget = f.block(RetryBudget, {
+    "percent": lambda value, path: f.number(value, path, ge=0, le=100),
+    "min_per_second": f.non_negative,
+    "window_s": f.positive,
+})
+_server = f.block(ServerPolicy, {
+    "host": f.string,
+    "port": lambda value, path: f.integer(value, path, ge=0, le=65535),
+    "max_body_bytes": lambda value, path: f.integer(value, path, ge=1024),
+    "drain_timeout_s": f.non_negative,
+})
+
+
+_mock = f.block(MockSpec, {
+    "error_rates": f.error_rates,
+    "retry_after": f.retry_after,
+    "latency_s": f.non_negative,
+    "chunks": f.at_least_one,
+    "interval_s": f.non_negative,
+    "content": f.optional(f.string),
+    "seed": f.optional(f.integer),
+})
+
+
+def _check_state(state: StatePolicy, given: Mapping[str, Any], path: str) -> None:
+    if state.backend == "redis" and state.url is None:
+        raise Invalid("is required when backend is redis (e.g. redis://127.0.0.1:6379/0)",
+                      f.join(path, "url"))
+    if state.backend == "memory" and state.url is not None:
+        raise Invalid("is only used when backend is redis; remove it or set `backend: redis`",
+                      f.join(path, "url"))
+
+
+_state = f.block(
+    StatePolicy,
+    {
+        "backend": lambda value, path: f.choice(value, path, ("memory", "redis")),
+        "url": f.optional(f.redis_url),
+        "key_prefix": f.string,
+        "timeout_ms": f.at_least_one,
+        "on_error": lambda value, path: f.choice(value, path, ("local", "allow", "deny")),
+        "replicas": f.at_least_one,
+    },
+    _check_state,
+)
+
+
+def _check_burst(limits: ClientLimits, given: Mapping[str, Any], path: str) -> None:
+    if limits.burst is not None and limits.requests_per_second is None:
+        raise Invalid("needs `requests_per_second` (burst is the size of that bucket)", f.join(path, "burst"))
+
+
+_client_limits_fields = f.block(
+    ClientLimits,
+    {
+        "requests_per_second": f.optional(f.positive),
+        "burst": f.optional(f.at_least_one),
+        "tokens_per_minute": f.optional(f.at_least_one),
+        "queue_s": f.non_negative,
+    },
+    _check_burst,
+)
+
+
+def _client_limits(value: object, path: str) -> ClientLimits:
+    limits: ClientLimits = _client_limits_fields(value, path)
+    if limits.requests_per_second is not None and limits.burst is None:
+        # A bucket must hold at least one whole request, or 0.5 rps could never admit anything.
+        return replace(limits, burst=max(1, math.ceil(limits.requests_per_second)))
+    return limits
+
+
+def _target(value: object, path: str) -> Target:
+    parsers = {
+        "provider": f.string,
+        "model": f.string,  # opaque: never split on ':' or '/'
+        "priority": lambda raw, p: f.integer(raw, p, ge=0),
+        "weight": f.positive,
+    }
+    return Target(**f.fields(f.mapping(value, path), path, parsers, required=("provider", "model")))
+
+
+def _targets(value: object, path: str) -> tuple[Target, ...]:
+    items = f.sequence(value, path, "a list of targets")
+    if not items:
+        raise Invalid("must list at least one target", path)
+    return tuple(_target(raw, f.item(path, i)) for i, raw in enumerate(items))
+
+
+def _route(name: str, value: object, path: str) -> Route:
+    parsers = {
+        "targets": _targets,
+        "retry": _retry,
+        "deadline_s": f.positive,
+        "ttft_s": f.optional(f.positive),
+        "strategy": lambda raw, p: f.choice(raw, p, ("weighted", "least_busy")),
+    }
+    return Route(name=name, **f.fields(f.mapping(value, path), path, parsers, required=("targets",)))
+
+
+def _routes(value: object, path: str) -> Mapping[str, Route]:
+    return MappingProxyType({name: _route(name, raw, entry_path)
+                             for name, raw, entry_path in f.named_entries(value, path, "route")})
+
+
+def _allowed_routes(value: object, path: str) -> tuple[str, ...]:
+    return tuple(f.string(raw, f.item(path, i))
+                 for i, raw in enumerate(f.sequence(value, path, "a list of route names")))
+
+
+def _version(value: object, path: str) -> int:
+    version = f.integer(value, path)
+    if version != SUPPORTED_VERSION:
+        raise Invalid(f"unsupported policy version {f.describe(version)}; "
+                      f"this router reads version {SUPPORTED_VERSION}", path)
+    return version
+
+
+class _Builder:
+    """The parts of validation that need the environment (secrets named by `*_env` keys)."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def policy(self, data: Mapping[Any, Any], source: str) -> Policy:
+        parsers: dict[str, f.Parser] = {
+            "version": _version,
+            "providers": self._providers,
+            "routes": _routes,
+            "clients": self._clients,
+            "retry_budget": _retry_budget,
+            "state": _state,
+            "server": _server,
+        }
+        values = f.fields(data, "", parsers, required=("providers", "routes"))
+        policy = Policy(**values, source=source)
+        _check_references(policy)
+        return policy
+
+    def _secret_env(self, value: object, path: str) -> str:
+        name = f.env_name(value, path)
+        secret = self._env.get(name)
+        if secret is None:
+            raise Invalid(f"environment variable {name} is not set", path)
+        if not secret:
+            raise Invalid(f"environment variable {name} is not set (it is empty)", path)
+        return name
+
+    def _secret(self, name: str | None) -> str | None:
+        return None if name is None else self._env[name]
+
+    def _providers(self, value: object, path: str) -> Mapping[str, Provider]:
+        return MappingProxyType({name: self._provider(name, raw, entry_path)
+                                 for name, raw, entry_path in f.named_entries(value, path, "provider")})
+
+    def _provider(self, name: str, value: object, path: str) -> Provider:
+        parsers = {
+            "base_url": f.base_url,
+            "api_key_env": f.optional(self._secret_env),
+            "headers": f.headers,
+            "timeouts": _timeouts,
+            "limits": _provider_limits,
+            "breaker": _breaker,
+            "max_connections": f.at_least_one,
+            "supports_prefill": f.boolean,
+            "mock": f.optional(_mock),
+        }
+        given = f.fields(f.mapping(value, path), path, parsers, required=("base_url",))
+        if given.get("mock") is not None and not f.is_loopback_url(given["base_url"]):
+            # A mock must never impersonate a real provider on the network.
+            raise Invalid("only a loopback base_url (127.0.0.1, ::1, localhost) may be mocked",
+                          f.join(path, "mock"))
+        return Provider(name=name, api_key=self._secret(given.get("api_key_env")), **given)
+
+    def _clients(self, value: object, path: str) -> tuple[Client, ...]:
+        items = () if value is None else f.sequence(value, path, "a list of clients")
+        clients = tuple(self._client(raw, f.item(path, i)) for i, raw in enumerate(items))
+        _check_clients_distinct(clients, path)
+        return clients
+
+    def _client(self, value: object, path: str) -> Client:
+        parsers = {
+            "name": f.string,
+            "key_env": f.optional(self._secret_env),
+            "key_sha256": f.optional(f.key_sha256),
+            "limits": _client_limits,
+            "routes": f.optional(_allowed_routes),
+        }
+        given = f.fields(f.mapping(value, path), path, parsers, required=("name",))
+        key_env, key_sha256 = given.get("key_env"), given.get("key_sha256")
+        if key_env is not None and key_sha256 is not None:
+            raise Invalid("set only one of `key_env` or `key_sha256`", f.join(path, "key_sha256"))
+        if key_env is None and key_sha256 is None:
+            raise Invalid("needs `key_env` (variable holding the key) or `key_sha256` (its digest)", path)
+        return Client(key=self._secret(key_env), **given)
+
+
+def _check_clients_distinct(clients: tuple[Client, ...], path: str) -> None:
+    """Names label metrics and keys identify callers: both must be unique."""
+    names: dict[str, int] = {}
+    digests: dict[str, int] = {}
+    for index, client in enumerate(clients):
+        client_path = f.item(path, index)
+        if client.name in names:
+            raise Invalid(f"duplicate client name `{client.name}` (also {f.item(path, names[client.name])})",
+                          f.join(client_path, "name"))
+        names[client.name] = index
+        digest = client.key_sha256 or hashlib.sha256((client.key or "").encode()).hexdigest()
+        if digest in digests:
+            other = clients[digests[digest]].name
+            field = "key_sha256" if client.key_sha256 else "key_env"
+            raise Invalid(f"gives the same key as client `{other}`; every client needs its own key",
+                          f.join(client_path, field))
+        digests[digest] = index
+
+
+def _check_references(policy: Policy) -> None:
+    providers = list(policy.providers)
+    for route in policy.routes.values():
+        targets_path = f.join(f.join("routes", route.name), "targets")
+        for index, target in enumerate(route.targets):
+            if target.provider not in policy.providers:
+                hint = f.suggestion(target.provider, providers)
+                raise Invalid(f"unknown provider `{target.provider}`{hint}; "
+                              f"known providers: {f.listing(providers)}",
+                              f.join(f.item(targets_path, index), "provider"))
+    routes = list(policy.routes)
+    for client_index, client in enumerate(policy.clients):
+        routes_path = f.join(f.item("clients", client_index), "routes")
+        for index, name in enumerate(client.routes or ()):
+            if name not in policy.routes:
+                hint = f.suggestion(name, routes)
+                raise Invalid(f"unknown route `{name}`{hint}; known routes: {f.listing(routes)}",
+                              f.item(routes_path, index))
