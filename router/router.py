@@ -22,7 +22,7 @@ from typing import Any
 from router.clock import Clock, SystemClock
 from router.completion import ChatResult, attempt_completion
 from router.engine import Call, Engine, Snapshot, outcome_of
-from router.errors import InvalidRequest, RateLimited, RouteNotAllowed, RouterError, UnknownRoute
+from router.errors import InvalidRequest, PolicyError, RateLimited, RouteNotAllowed, RouterError, UnknownRoute
 from router.events import NullObserver, Observer
 from router.limits import Bucket
 from router.policy import load_policy
@@ -39,6 +39,11 @@ class Router:
                  transport: Transport | None = None, clock: Clock | None = None,
                  rng: random.Random | None = None,
                  sleep: Callable[[float], Awaitable[None]] | None = None) -> None:
+        if policy.state.backend != "memory":
+            # Accepting it and silently keeping state per process would multiply every
+            # limit by the number of replicas: refuse until the Redis backend exists.
+            raise PolicyError("the redis state backend is not available in this version; use `memory`",
+                              source=policy.source, path="state.backend")
         self._clock = clock or SystemClock()
         self._observer = observer or NullObserver()
         self._snapshot = Snapshot.build(policy)
