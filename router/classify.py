@@ -102,7 +102,7 @@ def error_fields(payload: object) -> tuple[str | None, str | None, str | None]:
 def _parse_json(body: bytes) -> object:
     try:
         return json.loads(body) if body else None
-    except ValueError:
+    except (ValueError, RecursionError):  # absurdly nested JSON is garbage, not a crash
         return None
 
 

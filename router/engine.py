@@ -265,6 +265,13 @@ class Engine:
         if give_up.reason == "throttled" and (verdict is None or verdict.reason is Reason.RATE_LIMITED):
             return RateLimited("every provider of this route is rate limited",
                                retry_after=give_up.retry_after or 1.0, scope="providers")
+        if verdict is not None and verdict.reason is Reason.RATE_LIMITED and failed is not None \
+                and failed.target is not None and give_up.reason in ("exhausted", "max_attempts"):
+            # The last word was "slow down": the caller should come back later, not see a 502.
+            until = call.snapshot.state.provider(failed.target.provider).throttled_until
+            wait = until - self.clock.monotonic()
+            return RateLimited("every provider of this route is rate limited",
+                               retry_after=wait if wait > 0 else 1.0, scope="providers")
         if verdict is None:
             if give_up.reason == "deadline":
                 return UpstreamError("request deadline exceeded before any attempt", status=504,
@@ -339,6 +346,6 @@ def usage_counts(usage: object) -> tuple[int | None, int | None]:
 def parse_json_object(body: bytes) -> dict[str, Any] | None:
     try:
         value = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None

@@ -135,7 +135,13 @@ def plan(tiers: Sequence[Sequence[Target]], progress: Progress, *, requested_mod
 
     if open_candidates:
         target, _ = min(open_candidates, key=lambda pair: pair[1].last_failure)
-        return Go(target, 0.0, _kind(target, progress), forced=True)
+        delay = 0.0
+        if target == last and verdict is not None and verdict.action is Action.RETRY:
+            # Same target again (every breaker is open): still back off, never hammer it.
+            delay = full_jitter(progress.tried(target), retry.base_interval_s, retry.max_interval_s, rng)
+            if now + delay >= deadline:
+                return GiveUp("deadline")
+        return Go(target, delay, _kind(target, progress), forced=True)
     if soonest_throttled is not None:
         return GiveUp("throttled", retry_after=max(0.0, soonest_throttled - now))
     return GiveUp("exhausted")

@@ -34,7 +34,7 @@ def new_request_id() -> str:
 
 def clean_request_id(value: str | None) -> str:
     """Keep a caller's id only if it is safe to log and forward; otherwise make one."""
-    if value and _REQUEST_ID_RE.match(value):
+    if value and _REQUEST_ID_RE.fullmatch(value):
         return value
     return new_request_id()
 
@@ -60,7 +60,7 @@ class ChatRequest:
         if upstream_model == self.model:
             return self.body
         encoded = json.dumps(upstream_model, ensure_ascii=False).encode()
-        if self._model_span is None:  # the key was written with escapes; fall back to re-encoding
+        if self._model_span is None:  # no top-level key found by the scanner: re-encode (never expected)
             return json.dumps({**self.payload, "model": upstream_model}, ensure_ascii=False).encode()
         start, end = self._model_span
         return self.body[:start] + encoded + self.body[end:]
@@ -173,7 +173,8 @@ def _top_level_value_span(raw: bytes, key: bytes) -> tuple[int, int] | None:
         pos = _skip_ws(raw, key_match.end()) + 1  # past ':'
         pos = _skip_ws(raw, pos)
         end = _skip_value(raw, pos)
-        if key_match.group() == key:
+        raw_key = key_match.group()
+        if raw_key == key or (b"\\" in raw_key and json.loads(raw_key) == json.loads(key)):
             if found is not None:
                 raise InvalidRequest("`model` appears more than once in the request body", param="model")
             found = (pos, end)

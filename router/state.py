@@ -117,9 +117,13 @@ class RouterState:
 
     def availability(self, target: Target, now: float, tokens: int) -> Availability:
         provider = self._providers[target.provider]
-        if provider.throttled_until > now:
-            return Availability(Status.THROTTLED, free_at=provider.throttled_until)
         breaker = self._breakers[target.key]
+        if provider.throttled_until > now:
+            # If its breaker stays open longer, waiting for the throttle alone would be wasted.
+            open_until = breaker.open_until
+            free_at = max(provider.throttled_until, open_until) if open_until is not None \
+                else provider.throttled_until
+            return Availability(Status.THROTTLED, free_at=free_at)
         if not breaker.available(now):
             return Availability(Status.OPEN, last_failure=breaker.last_failure)
         if provider.requests is not None or provider.tokens is not None:

@@ -28,8 +28,8 @@ from router.engine import AttemptFailed, Call, Engine, outcome_of
 from router.errors import RouterError, StreamInterrupted
 from router.planner import Go
 from router.policy.model import Target
-from router.sse import DONE_EVENT, SseEvent, encode_event
 from router.request import ChatRequest
+from router.sse import DONE_EVENT, SseEvent, encode_event
 from router.transport import Outgoing, Reply
 from router.transport_errors import FirstTokenTimeout, TransportError
 
@@ -96,7 +96,7 @@ class _Transcript:
 def _payload_of(event: SseEvent) -> dict[str, Any] | None:
     try:
         value = json.loads(event.data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 
@@ -197,6 +197,12 @@ class ChatStream:
         reply: Reply | None = None
         ttfb: float | None = None
         state.begin(target)
+        # Fix: the failure verdict is recorded once, outside both try blocks. `_fail` used to run
+        # inside them, so the AttemptFailed it raises was caught again: a non-2xx answer was
+        # recorded twice (two attempts on the target's per-request count, two breaker failures)
+        # and every failed stream attempt decremented the in-flight count two or three times.
+        failure: Verdict | None = None
+        error_body = b""
         try:
             try:
                 reply = await engine.transport.send(Outgoing(provider=provider, body=body,
@@ -205,21 +211,25 @@ class ChatStream:
                 ttfb = engine.clock.monotonic() - started
                 if not 200 <= reply.status < 300:
                     error_body = await reply.read()
-                    verdict = classify_status(reply.status, reply.headers, error_body,
+                    failure = classify_status(reply.status, reply.headers, error_body,
                                               now_wall=engine.clock.wall(), continuation=self._prefill is not None)
-                    return self._fail(call, target, permit, verdict, started, ttfb, error_body)
-                events = reply.events()
-                first, payload = await self._first_event(events, started)
+                else:
+                    events = reply.events()
+                    first, payload = await self._first_event(events, started)
             except TransportError as exc:
-                return self._fail(call, target, permit, classify_exception(exc), started, ttfb)
+                failure = classify_exception(exc)
             except AttemptFailed as failed:
-                return self._fail(call, target, permit, failed.verdict, started, ttfb)
+                failure = failed.verdict
         except BaseException:
             state.breaker(target).on_neutral(permit)
             state.end(target)
             if reply is not None:
                 reply.close()
             raise
+        if failure is not None:
+            if reply is not None:
+                reply.close()  # e.g. an error as the first event: release the connection now
+            return self._fail(call, target, permit, failure, started, ttfb, error_body)
         engine.record(call, target, permit, Verdict(Action.SUCCESS, Reason.OK, status=reply.status),
                       started=started, ttfb=ttfb, report=False)
         return _Open(target=target, reply=reply, events=events, first=first, first_payload=payload,
@@ -290,8 +300,9 @@ class ChatStream:
                             continue
                         if transcript.id is not None:
                             payload["id"] = transcript.id
-                        event = SseEvent(raw=encode_event(json.dumps(payload, ensure_ascii=False)),
-                                         data=event.data)
+                        # Fix: `data` must say what `raw` says (it carried the continuation's own id).
+                        data = json.dumps(payload, ensure_ascii=False)
+                        event = SseEvent(raw=encode_event(data), data=data)
                     transcript.track(payload)
                     yield event
                 else:

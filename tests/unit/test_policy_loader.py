@@ -881,7 +881,10 @@ def _model_keys(cls: type = Policy, prefix: str = "") -> dict[str, dataclasses.F
 
 def _reference_rows() -> dict[str, tuple[str, str]]:
     rows: dict[str, tuple[str, str]] = {}
-    for line in (REPO / "README.md").read_text(encoding="utf-8").splitlines():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Policy reference"):]
+    section = section[:section.index("\n## ", 1)]
+    for line in section.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         if line.startswith("| `") and len(cells) == 4:
             rows[cells[0].strip("`")] = (cells[1], cells[2])
