@@ -166,7 +166,8 @@ def _classify_error(status: int, code: str | None, kind: str | None, message: st
         reason = Reason.QUOTA_EXHAUSTED if status == 402 else Reason.AUTH
         return Verdict(Action.FAILOVER, reason, status=status, long_ejection=True, message=message, code=code)
     if status == 408 or status >= 500:
-        retry_after = retry_after_seconds(headers, now_wall)
+        # Only an explicit Retry-After: x-ratelimit-reset-* ride along on every answer.
+        retry_after = retry_after_seconds(headers, now_wall, rate_limit_resets=False)
         # A 503 with Retry-After is the provider asking for a pause: honour it like a 429,
         # but it still counts as a failure because the provider could not serve.
         return Verdict(Action.RETRY, Reason.SERVER_ERROR, status=status, breaker_failure=True,

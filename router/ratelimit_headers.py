@@ -31,10 +31,13 @@ _WANTED = frozenset({
 })
 
 
-def retry_after_seconds(headers: Mapping[str, str], now_wall: float) -> float | None:
+def retry_after_seconds(headers: Mapping[str, str], now_wall: float, *,
+                        rate_limit_resets: bool = True) -> float | None:
     """Seconds to wait before the next request to this provider, or None if it did not say.
 
     ``now_wall`` is the wall-clock time (``time.time()``) an HTTP-date is measured from.
+    ``rate_limit_resets=False`` ignores ``x-ratelimit-reset-*``: OpenAI-style providers send
+    them on every answer, so only a 429 makes them mean "wait".
     """
     found: dict[str, str] = {}
     for key, value in headers.items():
@@ -51,6 +54,8 @@ def retry_after_seconds(headers: Mapping[str, str], now_wall: float) -> float | 
             return _capped(seconds)
         if (at := _http_date(header)) is not None:
             return _capped(max(0.0, at - now_wall))
+    if not rate_limit_resets:
+        return None
 
     reset_requests = _reset(found.get("x-ratelimit-reset-requests"))
     reset_tokens = _reset(found.get("x-ratelimit-reset-tokens"))

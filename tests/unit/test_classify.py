@@ -426,3 +426,16 @@ def test_any_error_payload_yields_a_failure_verdict(payload: object, headers: di
     verdict = classify_error_payload(payload, headers, now_wall=NOW)
     assert isinstance(verdict, Verdict)
     assert not verdict.ok
+
+
+def test_server_error_ignores_rate_limit_reset_headers_that_ride_along() -> None:
+    # OpenAI sends x-ratelimit-reset-* on every answer; a 500 must not throttle for minutes.
+    headers = {"x-ratelimit-reset-tokens": "6m0s", "x-ratelimit-reset-requests": "1s"}
+    verdict = classify_status(500, headers, b"", now_wall=0.0)
+    assert verdict.retry_after is None
+    assert not verdict.throttle
+
+
+def test_rate_limit_reset_header_counts_on_a_429() -> None:
+    verdict = classify_status(429, {"x-ratelimit-reset-requests": "1.5s"}, b"", now_wall=0.0)
+    assert verdict.retry_after == 1.5
