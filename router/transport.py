@@ -20,6 +20,7 @@ from typing import Protocol
 import aiohttp
 
 from router.clock import Clock, SystemClock
+from router.errors import RouterError
 from router.policy.model import Provider
 from router.sse import SseEvent, SseParser
 from router.transport_errors import (
@@ -127,6 +128,7 @@ class HttpTransport:
     def __init__(self, providers: Mapping[str, Provider], *, clock: Clock | None = None) -> None:
         self._clock = clock or SystemClock()
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
         self._slots: dict[str, tuple[int, asyncio.Semaphore]] = {}
         self._headers: dict[str, dict[str, str]] = {}
         self.configure(providers)
@@ -139,13 +141,14 @@ class HttpTransport:
             kept = self._slots.get(name)
             slots[name] = kept if kept and kept[0] == provider.max_connections \
                 else (provider.max_connections, asyncio.Semaphore(provider.max_connections))
-            base = {"Content-Type": "application/json", **provider.headers}
-            if provider.api_key:
-                base["Authorization"] = f"Bearer {provider.api_key}"
-            headers[name] = base
+            headers[name] = _base_headers(provider)
         self._slots, self._headers = slots, headers
 
     def _get_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            # Fix: a request in flight when the router closed used to open a fresh session for its
+            # next attempt, keep sending after close and leak that session (unclosed connector).
+            raise RouterError("router is closed")
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30,
                                              ttl_dns_cache=300)
@@ -158,6 +161,11 @@ class HttpTransport:
         provider = outgoing.provider
         timeouts = provider.timeouts
         session = self._get_session()
+        # Fix: a request still in flight on the snapshot before a reload may name a provider the
+        # new policy removed; it used to die with KeyError. It gets slots and headers of its own.
+        if provider.name not in self._slots:
+            self._slots[provider.name] = (provider.max_connections, asyncio.Semaphore(provider.max_connections))
+            self._headers[provider.name] = _base_headers(provider)
         _, slot = self._slots[provider.name]
         connect_s, connect_bound = _cap(timeouts.connect_s, outgoing.deadline, self._clock.monotonic())
         if slot.locked():
@@ -188,9 +196,17 @@ class HttpTransport:
         return _HttpReply(response, outgoing, self._clock, slot)
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _base_headers(provider: Provider) -> dict[str, str]:
+    base = {"Content-Type": "application/json", **provider.headers}
+    if provider.api_key:
+        base["Authorization"] = f"Bearer {provider.api_key}"
+    return base
 
 
 def _translate(exc: BaseException, *, window_expired: bool, connect_bound: bool, first_bound: bool,
