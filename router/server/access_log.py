@@ -1,14 +1,22 @@
 """One structured JSON line per request: who, what route, where it went, how it ended.
 
 No keys, no prompts, no raw client strings other than the sanitised request id.
+
+The daemon installs a `LineSink` on stdout: lines are encoded once and written
+in batches every `FLUSH_INTERVAL_S`, because going through `logging` (a
+LogRecord, a formatter, a write and a flush per request) cost ~20 µs a request,
+a noticeable share of the router's CPU. Without a sink (embedded use, tests) the
+lines go to the `router.access` logger.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
+from json.encoder import encode_basestring
+from typing import TextIO
 
 access_logger = logging.getLogger("router.access")
 
@@ -31,8 +39,78 @@ class AccessRecord:
     completion_tokens: int | None = None
 
 
+_FIELDS = tuple(f.name for f in fields(AccessRecord))
+_KEYS = tuple("," + encode_basestring(name) + ":" for name in _FIELDS)
+
+
+def encode_record(record: AccessRecord) -> str:
+    """The JSON line, assembled by hand: about half the cost of building a dict and json-encoding it.
+    Field values are str, int, float, bool or None, all encoded as json.dumps would."""
+    parts = ['{"ts":', repr(round(time.time(), 3))]
+    for key, name in zip(_KEYS, _FIELDS, strict=True):
+        value = getattr(record, name)
+        parts.append(key)
+        if value is None:
+            parts.append("null")
+        elif value is True or value is False:
+            parts.append("true" if value else "false")
+        elif isinstance(value, str):
+            parts.append(encode_basestring(value))
+        else:
+            parts.append(repr(value))
+    parts.append("}")
+    return "".join(parts)
+FLUSH_INTERVAL_S = 0.1
+
+
+class LineSink:
+    """Buffered JSON lines to a stream, flushed at most `FLUSH_INTERVAL_S` after a write."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lines: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def write(self, line: str) -> None:
+        self._lines.append(line)
+        if self._timer is None:
+            try:
+                self._timer = asyncio.get_running_loop().call_later(FLUSH_INTERVAL_S, self.flush)
+            except RuntimeError:  # no loop: nothing will flush later, so flush now
+                self.flush()
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._lines:
+            data = "\n".join(self._lines) + "\n"
+            self._lines.clear()
+            try:
+                self._stream.write(data)
+                self._stream.flush()
+            except (OSError, ValueError):
+                pass  # a closed or broken stdout must not take requests down with it
+
+
+_sink: LineSink | None = None
+
+
+def use_sink(sink: LineSink | None) -> LineSink | None:
+    """Install (or with None, remove) the daemon's access-log sink; returns the previous one."""
+    global _sink
+    previous, _sink = _sink, sink
+    if previous is not None:
+        previous.flush()
+    return previous
+
+
 def log_access(record: AccessRecord) -> None:
-    if not access_logger.isEnabledFor(logging.INFO):
+    sink = _sink
+    if sink is None and not access_logger.isEnabledFor(logging.INFO):
         return
-    line = {"ts": round(time.time(), 3), **asdict(record)}
-    access_logger.info(json.dumps(line, separators=(",", ":")))
+    line = encode_record(record)
+    if sink is not None:
+        sink.write(line)
+    else:
+        access_logger.info(line)

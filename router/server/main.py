@@ -19,6 +19,7 @@ from router.errors import PolicyError
 from router.policy import load_policy
 from router.policy.model import Policy
 from router.router import Router
+from router.server.access_log import LineSink, use_sink
 from router.server.app import create_app
 from router.server.demo import start_demo_providers, stop_demo_providers
 from router.server.state import STATE, ServerState
@@ -35,13 +36,8 @@ def setup_logging(level: str) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
-    access = logging.getLogger("router.access")
-    access.propagate = False
-    if not access.handlers:
-        out = logging.StreamHandler(sys.stdout)
-        out.setFormatter(logging.Formatter("%(message)s"))
-        access.addHandler(out)
-    access.setLevel(logging.INFO)
+    # Access lines bypass `logging` (see access_log.py) and go to stdout in batches.
+    use_sink(LineSink(sys.stdout))
     # aiohttp logs failed client connections with tracebacks at ERROR; we report them ourselves.
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
 
@@ -129,5 +125,6 @@ async def run_daemon(policy: Policy, path: str, host: str, port: int, *, watch: 
                 await watcher
         await runner.cleanup()
         await stop_demo_providers(demo)
+        use_sink(None)  # flushes the last access lines
         log.info("stopped")
     return 0
