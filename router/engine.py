@@ -345,7 +345,7 @@ def usage_counts(usage: object) -> tuple[int | None, int | None]:
 
 def parse_json_object(body: bytes) -> dict[str, Any] | None:
     try:
-        value = json.loads(body)
-    except (ValueError, RecursionError):
+        value = json.loads(body.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return value if isinstance(value, dict) else None

@@ -83,8 +83,8 @@ def parse_chat_request(body: bytes | Mapping[str, Any], *, request_id: str | Non
     else:
         raw = bytes(body)
         try:
-            payload = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+            payload = json.loads(raw.decode("utf-8"))  # RFC 8259: JSON on the wire is UTF-8
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise InvalidRequest("request body is not valid JSON") from None
         if not isinstance(payload, dict):
             raise InvalidRequest("request body must be a JSON object")
@@ -153,6 +153,31 @@ def _skip_value(raw: bytes, pos: int) -> int:
 
 
 def _top_level_value_span(raw: bytes, key: bytes) -> tuple[int, int] | None:
+    """Span of the value of a top-level key (see `_walk_top_level`), found the cheap way when possible.
+
+    Fast path: look only at the places where the key's bytes occur and check that each is a
+    top-level key (depth 1 once complete strings are removed from what precedes it). A body
+    with `\\u` escapes could spell the key differently, so it takes the full walk.
+    """
+    # Many occurrences would make the prefix checks quadratic: the walk is linear.
+    if b"\\u" in raw or raw.count(key) > 4:
+        return _walk_top_level(raw, key)
+    found: tuple[int, int] | None = None
+    start = raw.find(key)
+    while start != -1:
+        stripped = _STRING_RE.sub(b"", raw[:start])
+        after = _skip_ws(raw, start + len(key))
+        if b'"' not in stripped and raw[after:after + 1] == b":" and \
+                stripped.count(b"{") + stripped.count(b"[") - stripped.count(b"}") - stripped.count(b"]") == 1:
+            if found is not None:
+                raise InvalidRequest("`model` appears more than once in the request body", param="model")
+            value_start = _skip_ws(raw, after + 1)
+            found = (value_start, _skip_value(raw, value_start))
+        start = raw.find(key, start + 1)
+    return found
+
+
+def _walk_top_level(raw: bytes, key: bytes) -> tuple[int, int] | None:
     """Span of the value of a top-level key, found without decoding the whole body.
 
     Duplicate top-level `model` keys are refused: a body must not be able to say one

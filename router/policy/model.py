@@ -89,11 +89,12 @@ class Target:
     model: str  # may be "{model}": forward the name the client asked for
     priority: int = 0  # failover tier, lower first
     weight: float = 1.0  # share inside a tier
+    # Identity for breaker and metrics state: bounded by the policy, not by client input.
+    # Computed once: it is read several times per request.
+    key: str = field(init=False, repr=False, compare=False, default="")
 
-    @property
-    def key(self) -> str:
-        """Identity for breaker and metrics state: bounded by the policy, not by client input."""
-        return f"{self.provider}/{self.model}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.provider}/{self.model}")
 
     def upstream_model(self, requested: str) -> str:
         return self.model.replace(MODEL_PLACEHOLDER, requested) if MODEL_PLACEHOLDER in self.model else self.model

@@ -123,7 +123,7 @@ def _every_field(cls: type, **required: Any) -> tuple[dict[str, Any], Any]:
     # `required` maps a field to (YAML value, model value); computed fields only have a model value.
     expected = {name: pair[1] for name, pair in required.items() if is_computed(cls, name)}
     for fld in dataclasses.fields(cls):
-        if is_computed(cls, fld.name):
+        if not fld.init or is_computed(cls, fld.name):  # derived, never written in YAML
             continue
         block = _optional_block(cls, fld.name)
         if fld.name in required:
@@ -869,7 +869,7 @@ def _model_keys(cls: type = Policy, prefix: str = "") -> dict[str, dataclasses.F
     hints = typing.get_type_hints(cls)
     keys: dict[str, dataclasses.Field[Any]] = {}
     for fld in dataclasses.fields(cls):
-        if is_computed(cls, fld.name):
+        if not fld.init or is_computed(cls, fld.name):  # derived, never written in YAML
             continue
         path = prefix + fld.name
         keys[path] = fld

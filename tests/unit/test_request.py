@@ -266,3 +266,19 @@ def test_body_for_changes_only_the_model(payload: dict[str, Any], style: dict[st
     if not style["ensure_ascii"]:
         # Splicing the original name back in restores the client's exact bytes.
         assert parse_chat_request(out).body_for(payload["model"]) == raw
+
+
+def test_model_is_found_among_many_nested_model_keys() -> None:
+    nested = ", ".join(f'{{"role": "user", "content": "x", "model": "n{i}"}}' for i in range(50))
+    raw = f'{{"messages": [{nested}], "model": "chat", "note": "\\"model\\": no"}}'.encode()
+    request = parse_chat_request(raw)
+    replaced = json.loads(request.body_for("up"))
+    assert replaced["model"] == "up"
+    assert [m["model"] for m in replaced["messages"]] == [f"n{i}" for i in range(50)]
+
+
+def test_model_key_inside_a_string_value_is_not_the_model() -> None:
+    raw = b'{"messages": [{"role": "user", "content": "{\\"model\\": 1} \\"model\\""}], "model": "chat"}'
+    replaced = json.loads(parse_chat_request(raw).body_for("up"))
+    assert replaced["model"] == "up"
+    assert replaced["messages"][0]["content"] == '{"model": 1} "model"'
