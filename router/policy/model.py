@@ -117,10 +117,10 @@ class Route:
     deadline_s: float = 60.0
     ttft_s: float | None = None  # streams: fail over if the first token is slower
     strategy: Strategy = "weighted"
+    is_pattern: bool = field(init=False, repr=False, compare=False, default=False)  # a glob route
 
-    @property
-    def is_pattern(self) -> bool:
-        return any(ch in self.name for ch in "*?[")
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_pattern", any(ch in self.name for ch in "*?["))
 
 
 @dataclass(frozen=True, slots=True)
