@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -21,7 +22,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn aiohttp's HTML errors (404, 405, 413...) and crashes into OpenAI error JSON."""
+    """Turn aiohttp's HTML errors (404, 405, 413...) and crashes into OpenAI error JSON, and
+    register the request's task while it runs so a shutdown can drain it (main._drain).
+
+    One middleware for both: each layer costs CPU on every request."""
+    in_flight = request.app[STATE].in_flight
+    task = asyncio.current_task()
+    if task is not None:
+        in_flight.add(task)
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -36,6 +44,9 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
         log.error("internal error serving %s %s: %s: %s", request.method, request.path,
                   type(exc).__name__, exc)
         return error_response(500, "internal error in the router", code="internal_error")
+    finally:
+        if task is not None:
+            in_flight.discard(task)
 
 
 def create_app(router: Router, *, registry: CollectorRegistry | None = None,

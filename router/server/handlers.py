@@ -54,11 +54,17 @@ async def _chat(request: web.Request, state: ServerState, record: AccessRecord,
         async with asyncio.timeout(BODY_READ_TIMEOUT_S):
             body = await request.read()
     except TimeoutError:
-        return _fail(record, error_response(408, "request body not received in time", headers=headers))
+        return _fail(record, _closing(error_response(408, "request body not received in time", headers=headers)))
     except web.HTTPRequestEntityTooLarge:
         limit = state.router.policy.server.max_body_bytes
         return _fail(record, error_response(413, f"request body is larger than {limit} bytes",
                                             code="body_too_large", headers=headers))
+    except web.RequestPayloadError:
+        # Fix: a body aiohttp cannot decode (Content-Encoding: gzip/deflate over non-compressed
+        # bytes, a broken chunked body) is the client's error; it used to reach the error
+        # middleware and come back as a 500 "internal error".
+        return _fail(record, _closing(error_response(400, "request body could not be read (bad encoding or framing)",
+                                                     code="invalid_body", headers=headers)))
     try:
         chat = parse_chat_request(body, request_id=record.request_id)
     except InvalidRequest as exc:
@@ -69,6 +75,7 @@ async def _chat(request: web.Request, state: ServerState, record: AccessRecord,
     try:
         result = await state.router.chat(chat, client=client)
     except RouterError as exc:
+        record.route = _route_of(state, chat)
         return _fail(record, _with_attempts(exc, headers), outcome_of(exc))
     record.route, record.provider, record.attempts = result.route, result.provider, result.attempts
     record.status, record.outcome = result.status, "success"
@@ -87,6 +94,7 @@ async def _stream(request: web.Request, state: ServerState, chat: ChatRequest, c
         # until then a failure can still fail over invisibly.
         await stream.start()
     except RouterError as exc:
+        record.route = _route_of(state, chat)
         return _fail(record, _with_attempts(exc, headers), outcome_of(exc))
     except BaseException:
         await stream.aclose()
@@ -113,6 +121,22 @@ async def _stream(request: web.Request, state: ServerState, chat: ChatRequest, c
         record.attempts = stream.attempts
         usage = stream.transcript.usage if stream.transcript else None
         record.prompt_tokens, record.completion_tokens = usage_counts(usage)
+    return response
+
+
+def _route_of(state: ServerState, chat: ChatRequest) -> str | None:
+    # Fix: a request the engine refused or could not serve was logged with `route: null`, though
+    # failures are the lines operators search for. The policy's route name (a closed set), never
+    # the client's raw `model`; None when no route matches.
+    route = state.router.policy.find_route(chat.model)
+    return route.name if route is not None else None
+
+
+def _closing(response: web.Response) -> web.Response:
+    # Fix: the rest of the body was not read (stalled, or undecodable), so the connection cannot be
+    # reused; aiohttp closes it after the answer, and `Connection: close` keeps a keep-alive client
+    # from sending its next request into that closing connection.
+    response.force_close()
     return response
 
 

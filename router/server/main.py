@@ -26,6 +26,8 @@ from router.server.state import STATE, ServerState
 
 log = logging.getLogger("router.server")
 WATCH_INTERVAL_S = 1.0
+# After our own drain (see _drain), how long aiohttp's shutdown waits before cancelling what is left.
+CANCEL_GRACE_S = 0.1
 
 
 def setup_logging(level: str) -> None:
@@ -86,14 +88,30 @@ async def _watch(path: str, state: ServerState) -> None:
             reload_policy(state, path)
 
 
+async def _drain(runner: web.AppRunner, state: ServerState, timeout_s: float) -> None:
+    """Stop accepting connections, then give in-flight requests up to `timeout_s` to finish.
+
+    Fix: this was left to aiohttp's `shutdown_timeout=drain_timeout_s`, which is not a drain bound.
+    aiohttp waits that long for handlers, then only fails their body read (a handler waiting on a
+    provider does not notice) and waits that long again, so the daemon took 2x drain_timeout_s to
+    exit; and it treats 0 as "no limit", so `drain_timeout_s: 0` waited for every request to end.
+    """
+    for site in list(runner.sites):
+        await site.stop()
+    if runner.server is not None:
+        runner.server.pre_shutdown()  # idle keep-alive connections: close now, not after the drain
+    pending = [task for task in state.in_flight if not task.done()]
+    if pending and timeout_s > 0:
+        await asyncio.wait(pending, timeout=timeout_s)
+
+
 async def run_daemon(policy: Policy, path: str, host: str, port: int, *, watch: bool = False,
                      ready: asyncio.Event | None = None) -> int:
     demo = await start_demo_providers(policy)
     router = Router(policy)
     app = create_app(router)
     state = app[STATE]
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                           shutdown_timeout=policy.server.drain_timeout_s)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=CANCEL_GRACE_S)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
@@ -123,7 +141,8 @@ async def run_daemon(policy: Policy, path: str, host: str, port: int, *, watch: 
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-        await runner.cleanup()
+        await _drain(runner, state, router.policy.server.drain_timeout_s)
+        await runner.cleanup()  # cancels whatever outlived the drain (and its upstream request)
         await stop_demo_providers(demo)
         use_sink(None)  # flushes the last access lines
         log.info("stopped")

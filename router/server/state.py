@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
@@ -25,6 +27,8 @@ class ServerState:
     keys: ClientKeys
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     draining: bool = False
+    # Requests being handled, so shutdown can wait for them (main._drain); filled by app.track_in_flight.
+    in_flight: set[asyncio.Task[Any]] = field(default_factory=set)
     reloads: dict[str, int] = field(default_factory=lambda: {"success": 0, "failure": 0})
     _reload_counter: Counter | None = None
 
