@@ -3,6 +3,7 @@
 Embed it (`Router`), run it as a daemon (`router serve`), watch it from Prometheus.
 """
 
+from router._version import __version__
 from router.completion import ChatResult
 from router.errors import (
     InvalidRequest,
@@ -19,8 +20,6 @@ from router.policy import Policy, load_policy
 from router.router import Router
 from router.sse import SseEvent
 from router.streaming import ChatStream
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ChatResult",

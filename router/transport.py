@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
+from yarl import URL
 
+from router._version import __version__ as _version
 from router.clock import Clock, SystemClock
 from router.errors import RouterError
 from router.policy.model import Provider
@@ -31,6 +33,7 @@ from router.transport_errors import (
     IdleTimeout,
 )
 
+USER_AGENT = f"llm-router/{_version}"
 _READ_ERRORS = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError)
 
 
@@ -129,6 +132,26 @@ class _HttpReply:
         self._release.release()
 
 
+@dataclass(slots=True)
+class _Endpoint:
+    """Per-provider things built once, not per request (a URL parse, a header dict, a timeout)."""
+
+    provider: Provider
+    slot: asyncio.Semaphore  # max_connections
+    headers: dict[str, str]
+    url: URL
+    connect_timeout: aiohttp.ClientTimeout
+
+    @classmethod
+    def build(cls, provider: Provider, slot: asyncio.Semaphore | None = None) -> _Endpoint:
+        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, **provider.headers}
+        if provider.api_key:
+            headers["Authorization"] = f"Bearer {provider.api_key}"
+        return cls(provider=provider, slot=slot or asyncio.Semaphore(provider.max_connections), headers=headers,
+                   url=URL(provider.chat_url),
+                   connect_timeout=aiohttp.ClientTimeout(total=None, sock_connect=provider.timeouts.connect_s))
+
+
 class HttpTransport:
     """The production transport. Create inside a running event loop; close with `aclose()`."""
 
@@ -136,44 +159,44 @@ class HttpTransport:
         self._clock = clock or SystemClock()
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
-        self._slots: dict[str, tuple[int, asyncio.Semaphore]] = {}
-        self._headers: dict[str, dict[str, str]] = {}
+        self._endpoints: dict[str, _Endpoint] = {}
         self.configure(providers)
 
     def configure(self, providers: Mapping[str, Provider]) -> None:
-        """Adopt a new policy's providers; pools and connection slots of unchanged ones survive."""
-        slots: dict[str, tuple[int, asyncio.Semaphore]] = {}
-        headers: dict[str, dict[str, str]] = {}
+        """Adopt a new policy's providers; connection slots of providers whose pool size is unchanged survive."""
+        endpoints: dict[str, _Endpoint] = {}
         for name, provider in providers.items():
-            kept = self._slots.get(name)
-            slots[name] = kept if kept and kept[0] == provider.max_connections \
-                else (provider.max_connections, asyncio.Semaphore(provider.max_connections))
-            headers[name] = _base_headers(provider)
-        self._slots, self._headers = slots, headers
+            kept = self._endpoints.get(name)
+            same_pool = kept is not None and kept.provider.max_connections == provider.max_connections
+            endpoints[name] = _Endpoint.build(provider, kept.slot if kept and same_pool else None)
+        self._endpoints = endpoints
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._closed:
-            # Fix: a request in flight when the router closed used to open a fresh session for its
+            # A request in flight when the router closed would otherwise open a fresh session for its
             # next attempt, keep sending after close and leak that session (unclosed connector).
             raise RouterError("router is closed")
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30,
                                              ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
-                                                  skip_auto_headers=("User-Agent",),
                                                   timeout=aiohttp.ClientTimeout(total=None))
         return self._session
+
+    def _endpoint(self, provider: Provider) -> _Endpoint:
+        endpoint = self._endpoints.get(provider.name)
+        if endpoint is None or endpoint.provider is not provider:
+            # A request still in flight on the snapshot before a reload may name a provider the new
+            # policy removed or changed: it gets an endpoint of its own (it used to die with KeyError).
+            endpoint = _Endpoint.build(provider, endpoint.slot if endpoint else None)
+        return endpoint
 
     async def send(self, outgoing: Outgoing) -> _HttpReply:
         provider = outgoing.provider
         timeouts = provider.timeouts
         session = self._get_session()
-        # Fix: a request still in flight on the snapshot before a reload may name a provider the
-        # new policy removed; it used to die with KeyError. It gets slots and headers of its own.
-        if provider.name not in self._slots:
-            self._slots[provider.name] = (provider.max_connections, asyncio.Semaphore(provider.max_connections))
-            self._headers[provider.name] = _base_headers(provider)
-        _, slot = self._slots[provider.name]
+        endpoint = self._endpoint(provider)
+        slot = endpoint.slot
         connect_s, connect_bound = _cap(timeouts.connect_s, outgoing.deadline, self._clock.monotonic())
         if slot.locked():
             try:
@@ -184,16 +207,17 @@ class HttpTransport:
                                     deadline_bound=connect_bound) from None
         else:
             await slot.acquire()
-        headers = self._headers[provider.name].copy()
+        headers = endpoint.headers.copy()
         headers["X-Request-ID"] = outgoing.request_id
         if outgoing.stream:
             headers["Accept"] = "text/event-stream"
         first_byte_s, first_bound = _cap(timeouts.first_byte_s, outgoing.deadline, self._clock.monotonic())
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=max(connect_s, 1e-3))
+        timeout = endpoint.connect_timeout if not connect_bound \
+            else aiohttp.ClientTimeout(total=None, sock_connect=max(connect_s, 1e-3))
         window = asyncio.timeout(first_byte_s)
         try:
             async with window:
-                response = await session.post(provider.chat_url, data=outgoing.body, headers=headers,
+                response = await session.post(endpoint.url, data=outgoing.body, headers=headers,
                                               allow_redirects=False, timeout=timeout)
         except BaseException as exc:
             slot.release()
@@ -207,13 +231,6 @@ class HttpTransport:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-def _base_headers(provider: Provider) -> dict[str, str]:
-    base = {"Content-Type": "application/json", **provider.headers}
-    if provider.api_key:
-        base["Authorization"] = f"Bearer {provider.api_key}"
-    return base
 
 
 def _translate(exc: BaseException, *, window_expired: bool, connect_bound: bool, first_bound: bool,

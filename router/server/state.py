@@ -14,7 +14,7 @@ from router.server.auth import ClientKeys
 
 
 def _build_info(registry: CollectorRegistry) -> None:
-    from router import __version__
+    from router._version import __version__
 
     info = Gauge("llm_router_build_info", "Build information (value is always 1).", ["version"],
                  registry=registry)

@@ -140,7 +140,9 @@ async def test_sends_only_the_providers_headers_never_client_credentials(
     prov = provider(headers={"X-Extra": "1"})
     mock.post(URL_, payload=COMPLETION)
     await (await make_transport(prov).send(outgoing(prov))).read()
-    assert set(sent(mock)["headers"]) == {"Content-Type", "X-Extra", "Authorization", "X-Request-ID"}
+    headers = sent(mock)["headers"]
+    assert set(headers) == {"Content-Type", "X-Extra", "Authorization", "X-Request-ID", "User-Agent"}
+    assert headers["User-Agent"].startswith("llm-router/")
 
 
 async def test_provider_without_a_key_gets_no_authorization(mock: compat_aioresponses,
