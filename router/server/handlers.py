@@ -51,8 +51,11 @@ async def _chat(request: web.Request, state: ServerState, record: AccessRecord,
                                             headers=headers))
     record.client = client or "-"
     try:
-        async with asyncio.timeout(BODY_READ_TIMEOUT_S):
+        if request.content.is_eof():  # the whole body came with the headers: no wait, so no timer
             body = await request.read()
+        else:
+            async with asyncio.timeout(BODY_READ_TIMEOUT_S):
+                body = await request.read()
     except TimeoutError:
         return _fail(record, _closing(error_response(408, "request body not received in time", headers=headers)))
     except web.HTTPRequestEntityTooLarge:
