@@ -106,7 +106,7 @@ async def _stream(request: web.Request, state: ServerState, chat: ChatRequest, c
     headers.update(_SSE_HEADERS)
     headers["x-router-provider"] = stream.provider or "none"
     headers["x-router-attempts"] = str(stream.attempts)
-    response = web.StreamResponse(status=200, headers=headers)
+    response = _SseResponse(status=200, headers=headers)
     record.status = 200
     try:
         await response.prepare(request)
@@ -125,6 +125,12 @@ async def _stream(request: web.Request, state: ServerState, chat: ChatRequest, c
         usage = stream.transcript.usage if stream.transcript else None
         record.prompt_tokens, record.completion_tokens = usage_counts(usage)
     return response
+
+
+class _SseResponse(web.StreamResponse):
+    # The first event is written right after prepare(): let aiohttp send the headers with it
+    # (one send instead of two, as web.Response does) instead of on their own.
+    _send_headers_immediately = False
 
 
 def _route_of(state: ServerState, chat: ChatRequest) -> str | None:
