@@ -197,10 +197,8 @@ class ChatStream:
         reply: Reply | None = None
         ttfb: float | None = None
         state.begin(target)
-        # Fix: the failure verdict is recorded once, outside both try blocks. `_fail` used to run
-        # inside them, so the AttemptFailed it raises was caught again: a non-2xx answer was
-        # recorded twice (two attempts on the target's per-request count, two breaker failures)
-        # and every failed stream attempt decremented the in-flight count two or three times.
+        # The failure verdict is recorded once, after both try blocks: recording inside them would
+        # catch its own AttemptFailed and count the attempt (breaker, in-flight, per-target) twice.
         failure: Verdict | None = None
         error_body = b""
         try:
@@ -300,7 +298,7 @@ class ChatStream:
                             continue
                         if transcript.id is not None:
                             payload["id"] = transcript.id
-                        # Fix: `data` must say what `raw` says (it carried the continuation's own id).
+                        # `data` must say what `raw` says (the original stream's id, not the continuation's).
                         data = json.dumps(payload, ensure_ascii=False)
                         event = SseEvent(raw=encode_event(data), data=data)
                     transcript.track(payload)

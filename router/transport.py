@@ -192,7 +192,7 @@ class HttpTransport:
         endpoint = self._endpoints.get(provider.name)
         if endpoint is None or endpoint.provider is not provider:
             # A request still in flight on the snapshot before a reload may name a provider the new
-            # policy removed or changed: it gets an endpoint of its own (it used to die with KeyError).
+            # policy removed or changed: it gets an endpoint of its own.
             endpoint = _Endpoint.build(provider, endpoint.slot if endpoint else None)
         return endpoint
 

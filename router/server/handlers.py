@@ -63,9 +63,8 @@ async def _chat(request: web.Request, state: ServerState, record: AccessRecord,
         return _fail(record, error_response(413, f"request body is larger than {limit} bytes",
                                             code="body_too_large", headers=headers))
     except web.RequestPayloadError:
-        # Fix: a body aiohttp cannot decode (Content-Encoding: gzip/deflate over non-compressed
-        # bytes, a broken chunked body) is the client's error; it used to reach the error
-        # middleware and come back as a 500 "internal error".
+        # A body aiohttp cannot decode (Content-Encoding: gzip/deflate over non-compressed
+        # bytes, a broken chunked body) is the client's error, not a 500.
         return _fail(record, _closing(error_response(400, "request body could not be read (bad encoding or framing)",
                                                      code="invalid_body", headers=headers)))
     try:
@@ -134,17 +133,15 @@ class _SseResponse(web.StreamResponse):
 
 
 def _route_of(state: ServerState, chat: ChatRequest) -> str | None:
-    # Fix: a request the engine refused or could not serve was logged with `route: null`, though
-    # failures are the lines operators search for. The policy's route name (a closed set), never
-    # the client's raw `model`; None when no route matches.
+    # Failures are the lines operators search for, so they name the route too: the policy's
+    # route name (a closed set), never the client's raw `model`; None when no route matches.
     route = state.router.policy.find_route(chat.model)
     return route.name if route is not None else None
 
 
 def _closing(response: web.Response) -> web.Response:
-    # Fix: the rest of the body was not read (stalled, or undecodable), so the connection cannot be
-    # reused; aiohttp closes it after the answer, and `Connection: close` keeps a keep-alive client
-    # from sending its next request into that closing connection.
+    # The rest of the body was not read (stalled, or undecodable), so the connection cannot be reused;
+    # `Connection: close` keeps a keep-alive client from sending its next request into it.
     response.force_close()
     return response
 

@@ -91,10 +91,9 @@ async def _watch(path: str, state: ServerState) -> None:
 async def _drain(runner: web.AppRunner, state: ServerState, timeout_s: float) -> None:
     """Stop accepting connections, then give in-flight requests up to `timeout_s` to finish.
 
-    Fix: this was left to aiohttp's `shutdown_timeout=drain_timeout_s`, which is not a drain bound.
-    aiohttp waits that long for handlers, then only fails their body read (a handler waiting on a
-    provider does not notice) and waits that long again, so the daemon took 2x drain_timeout_s to
-    exit; and it treats 0 as "no limit", so `drain_timeout_s: 0` waited for every request to end.
+    aiohttp's own `shutdown_timeout` is not a drain bound: it waits that long, then only fails the
+    handlers' body reads (a handler waiting on a provider does not notice) and waits that long
+    again, and it treats 0 as "no limit". So the daemon drains its own tracked requests.
     """
     for site in list(runner.sites):
         await site.stop()
