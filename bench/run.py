@@ -284,6 +284,7 @@ def render_chart(results: dict, connections: list[int], path: Path) -> None:
         axes[1].plot(connections, [results[name][c]["p99_ms"] for c in connections], style, label=name)
     for ax, title in zip(axes, ("p50 latency", "p99 latency"), strict=True):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(connections, [str(c) for c in connections])
         ax.set_yscale("log")
         ax.set_xlabel("concurrent connections")
         ax.set_ylabel("ms")
