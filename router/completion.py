@@ -70,9 +70,10 @@ async def attempt_completion(engine: Engine, call: Call, go: Go) -> ChatResult:
                 payload = parse_json_object(body)
             verdict = classify_status(reply.status, reply.headers, body, now_wall=engine.clock.wall(),
                                       payload=payload)
-    except BaseException:
+    except BaseException as exc:
         # Cancelled (or a bug) mid-attempt: the attempt says nothing about the provider's health.
         state.breaker(target).on_neutral(permit)
+        engine.abandoned(call, target, exc, started=started, ttfb=ttfb)
         raise
     finally:
         state.end(target)

@@ -235,8 +235,18 @@ class Engine:
             self.observer.attempt_finished(call.route.name, provider_name, str(verdict.reason),
                                            now - started, ttfb)
 
-    def settle_tokens(self, call: Call, target: Target, usage: object) -> None:
-        """Reconcile the token reservations with the provider's reported `usage`."""
+    def abandoned(self, call: Call, target: Target, exc: BaseException, *, started: float,
+                  ttfb: float | None) -> None:
+        """Report an attempt that ended without a verdict: cancelled by the caller (or a bug)."""
+        outcome = "cancelled" if isinstance(exc, asyncio.CancelledError) else "internal_error"
+        self.observer.attempt_finished(call.route.name, target.provider, outcome,
+                                       self.clock.monotonic() - started, ttfb)
+
+    def settle_tokens(self, call: Call, target: Target, usage: object, *, measured: bool = True) -> None:
+        """Reconcile the token reservations with the provider's reported `usage`.
+
+        `measured=False`: `usage` is our own estimate (a stream without a usage chunk); it settles the
+        reservations but is not reported as tokens used."""
         prompt, completion = usage_counts(usage)
         if prompt is None:
             return
@@ -250,7 +260,8 @@ class Engine:
             if bucket is not None:
                 bucket.reconcile(call.tokens_reserved, actual)
                 call.tokens_reserved = 0
-        self.observer.tokens_used(call.route.name, target.provider, prompt, completion or 0)
+        if measured:
+            self.observer.tokens_used(call.route.name, target.provider, prompt, completion or 0)
 
     # -- the answer when nothing worked -------------------------------------------------------
     def final_error(self, call: Call, give_up: GiveUp) -> RouterError:

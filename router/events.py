@@ -1,13 +1,25 @@
 """The engine's observation seam: what happened, reported to an injected sink.
 
 The engine calls these hooks and knows nothing about Prometheus; the metrics
-exporter (and tests) implement `Observer`. Labels passed here come from a closed
-set: route and provider names from the policy, client names, `Reason` values.
+exporter (`router.metrics.PrometheusObserver`) and tests implement `Observer`.
+Labels passed here come from a closed set: route and provider names from the
+policy, client names of the policy (or `-`), `Reason` values and the outcomes of
+`engine.outcome_of`. A request refused before a route was resolved (unknown
+model, unreadable body, bad key) is reported under the route `UNKNOWN_ROUTE`, so
+a client-supplied model name never becomes a label value.
+
+Contract: every `request_started` is followed by exactly one `request_finished`
+with the same route and client, streams included (a stream the caller abandons
+finishes as `cancelled`); every upstream attempt that was sent reports one
+`attempt_finished` (`cancelled` when the caller went away during it).
 """
 
 from __future__ import annotations
 
 from typing import Protocol
+
+# The route label of requests that never resolved to a policy route.
+UNKNOWN_ROUTE = "unknown"
 
 
 class Observer(Protocol):

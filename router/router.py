@@ -23,7 +23,7 @@ from router.clock import Clock, SystemClock
 from router.completion import ChatResult, attempt_completion
 from router.engine import Call, Engine, Snapshot, outcome_of
 from router.errors import InvalidRequest, PolicyError, RateLimited, RouteNotAllowed, RouterError, UnknownRoute
-from router.events import NullObserver, Observer
+from router.events import UNKNOWN_ROUTE, NullObserver, Observer
 from router.limits import Bucket
 from router.policy import load_policy
 from router.policy.model import Client, Policy
@@ -62,6 +62,11 @@ class Router:
     def policy(self) -> Policy:
         return self._snapshot.policy
 
+    @property
+    def observer(self) -> Observer:
+        """The sink of this router's events (a `NullObserver` when none was given)."""
+        return self._observer
+
     # -- lifecycle ---------------------------------------------------------------------------
     async def __aenter__(self) -> Router:
         return self
@@ -90,9 +95,13 @@ class Router:
                    request_id: str | None = None) -> ChatResult:
         """A non-streaming chat completion. Raises RateLimited, NoTargetAvailable, UpstreamError,
         InvalidRequest (UnknownRoute, RouteNotAllowed)."""
-        request = _as_request(body, request_id)
-        if request.stream:
-            raise InvalidRequest("use stream() for a request with `stream: true`", param="stream")
+        try:
+            request = _as_request(body, request_id)
+            if request.stream:
+                raise InvalidRequest("use stream() for a request with `stream: true`", param="stream")
+        except RouterError as exc:
+            self._refused(client, exc)
+            raise
         call = await self._admit(request, client)
         observer = self._observer
         try:
@@ -109,7 +118,11 @@ class Router:
         """A streaming chat completion: an async iterator of SSE events (see ChatStream).
         Admission (route, client limits) happens when the stream starts, so errors
         before the commit point are raised by `start()` or the first iteration."""
-        request = _as_request(body, request_id, force_stream=True)
+        try:
+            request = _as_request(body, request_id, force_stream=True)
+        except RouterError as exc:
+            self._refused(client, exc)
+            raise
 
         async def admit() -> tuple[Call, Callable[[str], None]]:
             call = await self._admit(request, client)
@@ -126,28 +139,45 @@ class Router:
 
     # -- admission ---------------------------------------------------------------------------
     async def _admit(self, request: ChatRequest, client_name: str | None) -> Call:
-        if self._closed:
-            raise RouterError("router is closed")
+        """Resolve the route and the client and take the client's limits; reports `request_started`.
+
+        A refusal here (closed, unknown route or client, route not allowed, over a limit, cancelled
+        while queued) also reports `request_finished`; after a successful return the caller must."""
+        now = self._clock.monotonic()
         snapshot = self._snapshot
         policy = snapshot.policy
         route = policy.find_route(request.model)
-        if route is None:
-            raise UnknownRoute(request.model)
-        client: Client | None = None
-        if client_name is not None:
-            client = policy.client_named(client_name)
-            if client is None:
-                raise InvalidRequest(f"unknown client `{client_name}`")
-            if not client.may_use(route.name):
-                raise RouteNotAllowed(client.name, route.name)
-        now = self._clock.monotonic()
-        call = Call(snapshot=snapshot, route=route, tiers=snapshot.tiers[route.name], request=request,
-                    client=client.name if client else "-", started=now, deadline=now + route.deadline_s)
-        if client is not None:
-            await self._take_client_limits(call, client)
+        client = policy.client_named(client_name) if client_name is not None else None
+        route_label = route.name if route is not None else UNKNOWN_ROUTE
+        client_label = client.name if client is not None else "-"
+        self._observer.request_started(route_label, client_label)
+        try:
+            if self._closed:
+                raise RouterError("router is closed")
+            if route is None:
+                raise UnknownRoute(request.model)
+            if client_name is not None:
+                if client is None:
+                    raise InvalidRequest(f"unknown client `{client_name}`")
+                if not client.may_use(route.name):
+                    raise RouteNotAllowed(client.name, route.name)
+            call = Call(snapshot=snapshot, route=route, tiers=snapshot.tiers[route.name], request=request,
+                        client=client_label, started=now, deadline=now + route.deadline_s)
+            if client is not None:
+                await self._take_client_limits(call, client)
+        except BaseException as exc:
+            self._observer.request_finished(route_label, client_label, outcome_of(exc),
+                                            self._clock.monotonic() - now)
+            raise
         snapshot.state.budget.record_request(now)
-        self._observer.request_started(route.name, call.client)
         return call
+
+    def _refused(self, client_name: str | None, exc: BaseException) -> None:
+        """Count a request refused before admission: its body is not a valid request (no route yet)."""
+        client = self._snapshot.policy.client_named(client_name) if client_name is not None else None
+        client_label = client.name if client is not None else "-"
+        self._observer.request_started(UNKNOWN_ROUTE, client_label)
+        self._observer.request_finished(UNKNOWN_ROUTE, client_label, outcome_of(exc), 0.0)
 
     async def _take_client_limits(self, call: Call, client: Client) -> None:
         state = call.snapshot.state.client(client)

@@ -51,7 +51,9 @@ class _Open:
     first_payload: dict[str, Any]
     started: float
     ttfb: float
+    first_at: float  # when the first event arrived: the start of the first chunk gap
     closed: bool = False
+    reported: bool = False  # its attempt_finished went out (a committed attempt reports when it ends)
 
 
 class _Transcript:
@@ -181,8 +183,22 @@ class ChatStream:
         if self._iterator is not None:
             await self._iterator.aclose()  # type: ignore[attr-defined]
         await self._close_current()
+        self._report_abandoned()
         if self._outcome is None:
             self._finish("cancelled")
+
+    def __del__(self) -> None:
+        # Started, then dropped without aclose(): do the synchronous part of closing, so the request and
+        # its attempt are still reported once and the target's in-flight count does not leak.
+        if self._outcome is not None or self._on_finish is None:
+            return
+        opened = self._open
+        if opened is not None and not opened.closed:
+            opened.closed = True
+            opened.reply.close()
+            self._require_call().snapshot.state.end(opened.target)
+        self._report_abandoned()
+        self._finish("cancelled")
 
     # -- before the commit point -------------------------------------------------------------
     async def _attempt(self, call: Call, go: Go) -> _Open:
@@ -213,14 +229,16 @@ class ChatStream:
                                               now_wall=engine.clock.wall(), continuation=self._prefill is not None)
                 else:
                     events = reply.events()
-                    first, payload = await self._first_event(events, started)
+                    first, payload = await self._first_event(events, started, target.provider)
+                    first_at = engine.clock.monotonic()
             except TransportError as exc:
                 failure = classify_exception(exc)
             except AttemptFailed as failed:
                 failure = failed.verdict
-        except BaseException:
+        except BaseException as exc:
             state.breaker(target).on_neutral(permit)
             state.end(target)
+            engine.abandoned(call, target, exc, started=started, ttfb=ttfb)
             if reply is not None:
                 reply.close()
             raise
@@ -231,7 +249,7 @@ class ChatStream:
         engine.record(call, target, permit, Verdict(Action.SUCCESS, Reason.OK, status=reply.status),
                       started=started, ttfb=ttfb, report=False)
         return _Open(target=target, reply=reply, events=events, first=first, first_payload=payload,
-                     started=started, ttfb=ttfb)
+                     started=started, ttfb=ttfb, first_at=first_at)
 
     def _fail(self, call: Call, target: Target, permit: Permit, verdict: Verdict, started: float,
               ttfb: float | None, body: bytes = b"") -> _Open:
@@ -239,7 +257,8 @@ class ChatStream:
         self._engine.record(call, target, permit, verdict, started=started, ttfb=ttfb)
         raise AttemptFailed(verdict, target, body=body)
 
-    async def _first_event(self, events: AsyncIterator[SseEvent], started: float) -> tuple[SseEvent, dict]:
+    async def _first_event(self, events: AsyncIterator[SseEvent], started: float,
+                           provider: str) -> tuple[SseEvent, dict]:
         call = self._require_call()
         ttft_s = call.route.ttft_s
         engine = self._engine
@@ -260,7 +279,7 @@ class ChatStream:
                 raise AttemptFailed(_EMPTY_STREAM, None)
             payload = _payload_of(event)
             if payload is None:
-                engine.observer.malformed_event(call.route.name)
+                engine.observer.malformed_event(provider)
                 continue
             if payload.get("error"):
                 verdict = classify_error_payload(payload, {}, now_wall=engine.clock.wall(),
@@ -315,13 +334,18 @@ class ChatStream:
                     raise error
         finally:
             await self._close_current()
+            self._report_abandoned()
             if self._outcome is None:
                 self._finish("cancelled")
 
     async def _events_of(self, opened: _Open) -> AsyncIterator[SseEvent | Verdict]:
-        """The opened stream's events from the first on; failures come out as a Verdict."""
+        """The opened stream's events from the first on; failures come out as a Verdict.
+
+        Reports the gap before each event after the first (one clock read per event)."""
         yield opened.first
         events = opened.events
+        observer, monotonic, provider = self._engine.observer, self._engine.clock.monotonic, opened.target.provider
+        last = opened.first_at
         while True:
             try:
                 event = await anext(events)
@@ -330,6 +354,9 @@ class ChatStream:
             except TransportError as exc:
                 yield classify_exception(exc)
                 return
+            now = monotonic()
+            observer.stream_chunk_gap(provider, now - last)
+            last = now
             yield _DONE if event.is_done else event
 
     async def _continue(self, opened: _Open, cut: Verdict) -> bool:
@@ -341,8 +368,7 @@ class ChatStream:
         breaker = state.breaker(opened.target)
         if cut.breaker_failure and breaker.on_failure(Permit(probe=False), engine.clock.monotonic()):
             engine.observer.breaker_changed(opened.target.provider, opened.target.key, "open")
-        engine.observer.attempt_finished(call.route.name, opened.target.provider, str(cut.reason),
-                                         engine.clock.monotonic() - opened.started, opened.ttfb)
+        self._report(opened, str(cut.reason))
         call.progress.last_verdict = cut
         if not transcript.continuable:
             return False
@@ -362,14 +388,28 @@ class ChatStream:
     # -- endings -----------------------------------------------------------------------------
     def _complete(self, opened: _Open) -> None:
         engine, call = self._engine, self._require_call()
-        engine.observer.attempt_finished(call.route.name, opened.target.provider, str(Reason.OK),
-                                         engine.clock.monotonic() - opened.started, opened.ttfb)
+        self._report(opened, str(Reason.OK))
         usage = self.transcript.usage
-        if not usage:  # no usage chunk: estimate from what was streamed so reservations still settle
-            usage = {"prompt_tokens": len(call.request.body) // 4,
-                     "completion_tokens": len("".join(self.transcript.text)) // 4}
-        engine.settle_tokens(call, opened.target, usage)
+        if usage:
+            engine.settle_tokens(call, opened.target, usage)
+        else:  # no usage chunk: estimate from what was streamed so reservations still settle
+            estimate = {"prompt_tokens": len(call.request.body) // 4,
+                        "completion_tokens": len("".join(self.transcript.text)) // 4}
+            engine.settle_tokens(call, opened.target, estimate, measured=False)
         self._finish("success")
+
+    def _report(self, opened: _Open, outcome: str) -> None:
+        """The committed attempt's attempt_finished, once."""
+        if opened.reported:
+            return
+        opened.reported = True
+        engine = self._engine
+        engine.observer.attempt_finished(self._require_call().route.name, opened.target.provider, outcome,
+                                         engine.clock.monotonic() - opened.started, opened.ttfb)
+
+    def _report_abandoned(self) -> None:
+        if self._open is not None and not self._open.reported:
+            self._report(self._open, "cancelled")
 
     def _interrupted(self, opened: _Open, cut: Verdict) -> StreamInterrupted:
         message = (f"upstream stream interrupted after {self.transcript.chunks} chunks "

@@ -7,8 +7,8 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
+from router.metrics import CollectorRegistry, PrometheusObserver
 from router.router import Router
 from router.server import handlers
 from router.server.auth import ClientKeys
@@ -50,11 +50,23 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
 
 
 def create_app(router: Router, *, registry: CollectorRegistry | None = None,
-               own_router: bool = True) -> web.Application:
-    """Build the daemon's app around an existing Router. With `own_router`, the app closes it."""
+               observer: PrometheusObserver | None = None, own_router: bool = True) -> web.Application:
+    """Build the daemon's app around an existing Router. With `own_router`, the app closes it.
+
+    /metrics serves `observer` (default: the router's own observer when it is a
+    PrometheusObserver, else a new one in `registry`, which then only sees what the daemon
+    itself counts: build info, reloads)."""
     policy = router.policy
     app = web.Application(client_max_size=policy.server.max_body_bytes, middlewares=[openai_errors])
-    state = ServerState(router=router, keys=ClientKeys(policy), registry=registry or CollectorRegistry())
+    if observer is None:
+        own = router.observer
+        if isinstance(own, PrometheusObserver) and (registry is None or registry is own.registry):
+            observer = own
+        else:
+            observer = PrometheusObserver(registry)
+    elif registry is not None and registry is not observer.registry:
+        raise ValueError("create_app: `registry` must be the observer's registry")
+    state = ServerState(router=router, keys=ClientKeys(policy), metrics=observer)
     app[STATE] = state
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
     app.router.add_get("/v1/models", handlers.models)

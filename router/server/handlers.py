@@ -11,6 +11,7 @@ from aiohttp import web
 
 from router.engine import outcome_of, usage_counts
 from router.errors import InvalidRequest, RouterError, StreamInterrupted
+from router.events import UNKNOWN_ROUTE
 from router.request import ChatRequest, clean_request_id, parse_chat_request
 from router.server.access_log import AccessRecord, log_access
 from router.server.errors import error_response, router_error_response
@@ -41,14 +42,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def _chat(request: web.Request, state: ServerState, record: AccessRecord,
                 started: float) -> web.StreamResponse:
+    # Until the router has the request, refusals are counted here, under the route `unknown`.
     headers = {"x-request-id": record.request_id, "x-router-attempts": "0", "x-router-provider": "none"}
     if state.draining:
-        return _fail(record, error_response(503, "the router is shutting down", code="draining",
-                                            retry_after=1, headers=headers))
+        return _refused(state, record, started, error_response(503, "the router is shutting down", code="draining",
+                                                               retry_after=1, headers=headers))
     client = state.keys.identify(request.headers)
     if client is None and not state.keys.open:
-        return _fail(record, error_response(401, "missing or invalid API key", code="invalid_api_key",
-                                            headers=headers))
+        return _refused(state, record, started, error_response(401, "missing or invalid API key",
+                                                               code="invalid_api_key", headers=headers))
     record.client = client or "-"
     try:
         if request.content.is_eof():  # the whole body came with the headers: no wait, so no timer
@@ -57,20 +59,26 @@ async def _chat(request: web.Request, state: ServerState, record: AccessRecord,
             async with asyncio.timeout(BODY_READ_TIMEOUT_S):
                 body = await request.read()
     except TimeoutError:
-        return _fail(record, _closing(error_response(408, "request body not received in time", headers=headers)))
+        return _refused(state, record, started,
+                        _closing(error_response(408, "request body not received in time", headers=headers)),
+                        "body_timeout")
     except web.HTTPRequestEntityTooLarge:
         limit = state.router.policy.server.max_body_bytes
-        return _fail(record, error_response(413, f"request body is larger than {limit} bytes",
-                                            code="body_too_large", headers=headers))
+        return _refused(state, record, started, error_response(413, f"request body is larger than {limit} bytes",
+                                                               code="body_too_large", headers=headers))
     except web.RequestPayloadError:
         # A body aiohttp cannot decode (Content-Encoding: gzip/deflate over non-compressed
         # bytes, a broken chunked body) is the client's error, not a 500.
-        return _fail(record, _closing(error_response(400, "request body could not be read (bad encoding or framing)",
-                                                     code="invalid_body", headers=headers)))
+        return _refused(state, record, started,
+                        _closing(error_response(400, "request body could not be read (bad encoding or framing)",
+                                                code="invalid_body", headers=headers)))
+    except asyncio.CancelledError:
+        _count_refused(state, record.client, "cancelled", started)
+        raise
     try:
         chat = parse_chat_request(body, request_id=record.request_id)
     except InvalidRequest as exc:
-        return _fail(record, router_error_response(exc, headers))
+        return _refused(state, record, started, router_error_response(exc, headers), outcome_of(exc))
     record.stream = chat.stream
     if chat.stream:
         return await _stream(request, state, chat, client, record, headers, started)
@@ -153,6 +161,20 @@ def _with_attempts(exc: RouterError, headers: dict[str, str]) -> web.Response:
     if provider:
         headers["x-router-provider"] = provider
     return router_error_response(exc, headers)
+
+
+def _refused(state: ServerState, record: AccessRecord, started: float, response: web.Response,
+             outcome: str | None = None) -> web.Response:
+    """A request answered before it reached the router: logged, and counted under the route `unknown`."""
+    _fail(record, response, outcome)
+    _count_refused(state, record.client, record.outcome, started)
+    return response
+
+
+def _count_refused(state: ServerState, client: str, outcome: str, started: float) -> None:
+    observer = state.router.observer
+    observer.request_started(UNKNOWN_ROUTE, client)
+    observer.request_finished(UNKNOWN_ROUTE, client, outcome, time.monotonic() - started)
 
 
 def _fail(record: AccessRecord, response: web.Response, outcome: str | None = None) -> web.Response:

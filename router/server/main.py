@@ -16,6 +16,7 @@ import sys
 from aiohttp import web
 
 from router.errors import PolicyError
+from router.metrics import PrometheusObserver
 from router.policy import load_policy
 from router.policy.model import Policy
 from router.router import Router
@@ -107,8 +108,9 @@ async def _drain(runner: web.AppRunner, state: ServerState, timeout_s: float) ->
 async def run_daemon(policy: Policy, path: str, host: str, port: int, *, watch: bool = False,
                      ready: asyncio.Event | None = None) -> int:
     demo = await start_demo_providers(policy)
-    router = Router(policy)
-    app = create_app(router)
+    observer = PrometheusObserver()
+    router = Router(policy, observer=observer)
+    app = create_app(router, observer=observer)
     state = app[STATE]
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=CANCEL_GRACE_S)
     await runner.setup()

@@ -1,0 +1,65 @@
+"""The README's metrics section: its embedded-exporter example runs, and its table lists every metric."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import router.metrics
+from router.metrics import PrometheusObserver
+from tests.metrics.helpers import Scrape
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.read().decode()
+
+
+def _section() -> str:
+    text = README.read_text(encoding="utf-8")
+    start = text.index("## Metrics\n")
+    return text[start:text.index("\n## ", start + 1)]
+
+
+def test_the_table_lists_every_exported_metric_with_its_type() -> None:
+    rows = dict(re.findall(r"^\| `(llm_router_\w+)` \| (\w+) \|", _section(), re.MULTILINE))
+    exported = {}
+    for name, kind in Scrape.of(PrometheusObserver().registry).types.items():
+        exported[f"{name}_total" if kind == "counter" else name] = kind
+    assert rows == exported
+
+
+async def test_the_embedded_exporter_example_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    source = re.search(r"```python\n(.*?)```", _section(), re.DOTALL)
+    assert source is not None
+    started: list[Any] = []
+    real = router.metrics.start_exporter
+
+    def on_a_free_port(port: int, registry: Any = None, addr: str = "127.0.0.1") -> Any:
+        assert port == 9464
+        started.append(real(0, registry, addr))
+        return started[-1]
+
+    monkeypatch.setattr(router.metrics, "start_exporter", on_a_free_port)
+    monkeypatch.chdir(README.parent)
+    namespace: dict[str, Any] = {}
+    exec(compile(source.group(1), str(README), "exec"), namespace)
+    server, thread = started[0]
+    try:
+        port = server.server_address[1]
+        scrape = Scrape.parse(await asyncio.to_thread(_fetch, f"http://127.0.0.1:{port}/metrics"))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+        await namespace["router"].aclose()
+    assert namespace["router"].observer is namespace["observer"]
+    assert scrape.get("llm_router_build_info") == 1
+    assert "llm_router_requests" in scrape.types
