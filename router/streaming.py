@@ -30,6 +30,7 @@ from router.planner import Go
 from router.policy.model import Target
 from router.request import ChatRequest
 from router.sse import DONE_EVENT, SseEvent, encode_event
+from router.stream_transcript import Transcript, is_empty_delta, payload_of
 from router.transport import Outgoing, Reply
 from router.transport_errors import FirstTokenTimeout, TransportError
 
@@ -56,67 +57,6 @@ class _Open:
     reported: bool = False  # its attempt_finished went out (a committed attempt reports when it ends)
 
 
-class _Transcript:
-    """What the caller has been shown so far, enough to continue or to finish honestly."""
-
-    __slots__ = ("chunks", "continuable", "finished", "id", "text", "usage")
-
-    def __init__(self) -> None:
-        self.text: list[str] = []
-        self.finished = False
-        self.continuable = True  # False once tool calls or several choices were streamed
-        self.usage: object = None
-        self.id: str | None = None
-        self.chunks = 0
-
-    def track(self, payload: dict[str, Any]) -> None:
-        self.chunks += 1
-        if self.id is None and isinstance(payload.get("id"), str):
-            self.id = payload["id"]
-        if payload.get("usage"):
-            self.usage = payload["usage"]
-        choices = payload.get("choices")
-        if not isinstance(choices, list):
-            return
-        for choice in choices:
-            if not isinstance(choice, dict):
-                continue
-            if choice.get("finish_reason"):
-                self.finished = True
-            if choice.get("index", 0) != 0:
-                self.continuable = False
-                continue
-            delta = choice.get("delta")
-            if isinstance(delta, dict):
-                content = delta.get("content")
-                if isinstance(content, str):
-                    self.text.append(content)
-                if delta.get("tool_calls") or delta.get("function_call"):
-                    self.continuable = False
-
-
-def _payload_of(event: SseEvent) -> dict[str, Any] | None:
-    try:
-        value = json.loads(event.data)
-    except (ValueError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _is_empty_delta(payload: dict[str, Any]) -> bool:
-    """A continuation's opening role-only chunk: the caller already had one."""
-    choices = payload.get("choices")
-    if not isinstance(choices, list) or not choices or payload.get("usage"):
-        return False
-    for choice in choices:
-        if not isinstance(choice, dict) or choice.get("finish_reason"):
-            return False
-        delta = choice.get("delta") or {}
-        if not isinstance(delta, dict) or delta.get("content") or delta.get("tool_calls"):
-            return False
-    return True
-
-
 class ChatStream:
     """An async iterator of SSE events for one streaming request.
 
@@ -137,7 +77,7 @@ class ChatStream:
         self._prefill: str | None = None
         self._iterator: AsyncIterator[SseEvent] | None = None
         self._outcome: str | None = None
-        self.transcript = _Transcript()
+        self.transcript = Transcript()
 
     # -- public surface ----------------------------------------------------------------------
     @property
@@ -277,7 +217,7 @@ class ChatStream:
                 raise FirstTokenTimeout(f"no first token within {ttft_s}s") from None
             if event.is_done:
                 raise AttemptFailed(_EMPTY_STREAM, None)
-            payload = _payload_of(event)
+            payload = payload_of(event)
             if payload is None:
                 engine.observer.malformed_event(provider)
                 continue
@@ -305,7 +245,7 @@ class ChatStream:
                         self._complete(opened)
                         yield _DONE
                         return
-                    payload = _payload_of(event)
+                    payload = payload_of(event)
                     if payload is None:
                         self._engine.observer.malformed_event(opened.target.provider)
                         continue
@@ -313,7 +253,7 @@ class ChatStream:
                         cut = classify_error_payload(payload, {}, now_wall=self._engine.clock.wall())
                         break
                     if continuing:
-                        if _is_empty_delta(payload):
+                        if is_empty_delta(payload):
                             continue
                         if transcript.id is not None:
                             payload["id"] = transcript.id

@@ -1,0 +1,72 @@
+"""What a stream has shown its caller so far, and the small parsers the relay uses on each event.
+
+Kept apart from the relay (streaming.py) so the commit-point logic there reads on its own.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from router.sse import SseEvent
+
+
+class Transcript:
+    """What the caller has been shown so far, enough to continue or to finish honestly."""
+
+    __slots__ = ("chunks", "continuable", "finished", "id", "text", "usage")
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.finished = False
+        self.continuable = True  # False once tool calls or several choices were streamed
+        self.usage: object = None
+        self.id: str | None = None
+        self.chunks = 0
+
+    def track(self, payload: dict[str, Any]) -> None:
+        self.chunks += 1
+        if self.id is None and isinstance(payload.get("id"), str):
+            self.id = payload["id"]
+        if payload.get("usage"):
+            self.usage = payload["usage"]
+        choices = payload.get("choices")
+        if not isinstance(choices, list):
+            return
+        for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            if choice.get("finish_reason"):
+                self.finished = True
+            if choice.get("index", 0) != 0:
+                self.continuable = False
+                continue
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                content = delta.get("content")
+                if isinstance(content, str):
+                    self.text.append(content)
+                if delta.get("tool_calls") or delta.get("function_call"):
+                    self.continuable = False
+
+
+def payload_of(event: SseEvent) -> dict[str, Any] | None:
+    try:
+        value = json.loads(event.data)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def is_empty_delta(payload: dict[str, Any]) -> bool:
+    """A continuation's opening role-only chunk: the caller already had one."""
+    choices = payload.get("choices")
+    if not isinstance(choices, list) or not choices or payload.get("usage"):
+        return False
+    for choice in choices:
+        if not isinstance(choice, dict) or choice.get("finish_reason"):
+            return False
+        delta = choice.get("delta") or {}
+        if not isinstance(delta, dict) or delta.get("content") or delta.get("tool_calls"):
+            return False
+    return True
