@@ -22,19 +22,15 @@ from typing import Any, NoReturn, Self
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from .answers import completion_for, stream_script
 from .faults import Concrete, Fault, Hang, Ok, RequestView, Reset, SlowFirstByte, Status, Stream, resolve
 from .responses import (
     DONE_EVENT,
     MALFORMED_EVENT,
     STATUS_FOR_CODE,
-    chunk,
-    completion_body,
     dumps,
     error_body,
-    split_evenly,
     sse,
-    tool_call_arguments,
-    usage_block,
 )
 
 __all__ = ["FakeProvider", "Hit"]
@@ -316,20 +312,7 @@ class FakeProvider:
         return f"chatcmpl-{self.name}-{self._serial}"
 
     def _completion(self, fault: Ok, view: RequestView) -> dict[str, Any]:
-        completion_id = self._next_id()
-        content = fault.content if fault.content is not None else f"Hello from {self.name}"
-        tool_call = None
-        completion_text = content
-        tool_name = view.tool_name if content == "TOOL" else None
-        if tool_name is not None:
-            arguments = tool_call_arguments(_last_user_text(view))
-            tool_call = {"id": f"call_{completion_id}", "type": "function",
-                         "function": {"name": tool_name, "arguments": arguments}}
-            completion_text = arguments
-        return completion_body(
-            completion_id=completion_id, created=int(time.time()), model=fault.model or view.model,
-            content=content, tool_call=tool_call, extra=fault.extra,
-            usage=usage_block(view.messages, completion_text) if fault.usage else None)
+        return completion_for(fault, view, completion_id=self._next_id(), provider=self.name)
 
     async def _stream(self, request: web.Request, hit: Hit, plan: Stream,
                       view: RequestView) -> web.StreamResponse:
@@ -349,31 +332,9 @@ class FakeProvider:
             await response.write_eof()
             return response
 
-        completion_id, created, model = self._next_id(), int(time.time()), plan.model or view.model
-
-        def event(delta: Mapping[str, Any] | None, finish: str | None = None,
-                  usage: Mapping[str, int] | None = None,
-                  extra: Mapping[str, Any] | None = None) -> bytes:
-            return sse(chunk(completion_id=completion_id, created=created, model=model, delta=delta,
-                             finish_reason=finish, usage=usage, extra=extra))
-
-        content = plan.content if plan.content is not None else f"Hello from {self.name}"
-        head = [event({"role": "assistant", "content": ""}, extra=plan.extra)]
-        tool_name = view.tool_name if content == "TOOL" else None
-        if tool_name is not None:
-            completion_text = tool_call_arguments(_last_user_text(view))
-            head.append(event({"tool_calls": [{
-                "index": 0, "id": f"call_{completion_id}", "type": "function",
-                "function": {"name": tool_name, "arguments": ""}}]}))
-            pieces = [event({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
-                      for piece in split_evenly(completion_text, plan.chunks)]
-            finish = "tool_calls"
-        else:
-            completion_text = content
-            pieces = [event({"content": piece}) for piece in split_evenly(content, plan.chunks)]
-            finish = "stop"
-
-        await _write_all(response, head)
+        script = stream_script(plan, view, completion_id=self._next_id(), provider=self.name)
+        pieces = script.pieces
+        await _write_all(response, script.head)
         stop_at = plan.cut_after if plan.cut_after is not None else plan.stall_after
         for index, piece in enumerate(pieces):
             if index == stop_at:
@@ -392,9 +353,9 @@ class FakeProvider:
         if plan.malformed_at is not None and plan.malformed_at > len(pieces):
             await response.write(MALFORMED_EVENT)
         if plan.send_finish_reason:
-            await response.write(event({}, finish))
+            await response.write(script.finish)
         if plan.usage or view.include_usage:
-            await response.write(event(None, usage=usage_block(view.messages, completion_text)))
+            await response.write(script.usage)
         if plan.send_done:
             await response.write(DONE_EVENT)
         await response.write_eof()
@@ -428,10 +389,3 @@ async def _wait_forever() -> NoReturn:
     # Ends only by cancellation: the client closing, our own abort, or stop().
     await asyncio.get_running_loop().create_future()
     raise AssertionError("unreachable")
-
-
-def _last_user_text(view: RequestView) -> str:
-    for message in reversed(view.messages):
-        if message.get("role") == "user" and isinstance(message.get("content"), str):
-            return str(message["content"])
-    return ""
