@@ -104,6 +104,15 @@ class Breaker:
         self._ejections = max(self._ejections, 1)
         self._open_until = now + self.policy.max_ejection_s
 
+    def adopt_ejection(self, until: float, now: float) -> bool:
+        """Another replica ejected this target until `until`. Extends an ejection, never shortens
+        one, and leaves the ejection count alone (growth follows this replica's own probes).
+        Returns True when this took an available target out of service."""
+        was_available = self.available(now)
+        if self._open_until is None or until > self._open_until:
+            self._open_until = until
+        return was_available and not self.available(now)
+
     def _eject(self, now: float) -> None:
         self._ejections += 1
         self._consecutive = 0

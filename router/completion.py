@@ -47,7 +47,7 @@ class ChatResult:
 async def attempt_completion(engine: Engine, call: Call, go: Go) -> ChatResult:
     target = go.target
     state = call.snapshot.state
-    permit = engine.admit_target(call, go)
+    permit = await engine.admit_target(call, go)
     provider = call.snapshot.policy.providers[target.provider]
     upstream_model = target.upstream_model(call.request.model)
     started = engine.clock.monotonic()

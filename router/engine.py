@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState
 
+from router.backends import StateBackend
 from router.backoff import full_jitter
 from router.breaker import Permit
 from router.classify import Action, Reason, Verdict
@@ -55,8 +56,9 @@ class Snapshot:
     tiers: dict[str, Tiers]
 
     @classmethod
-    def build(cls, policy: Policy, previous: Snapshot | None = None) -> Snapshot:
-        state = RouterState(policy, previous.state if previous else None)
+    def build(cls, policy: Policy, previous: Snapshot | None = None,
+              backend: StateBackend | None = None) -> Snapshot:
+        state = RouterState(policy, previous.state if previous else None, backend)
         tiers: dict[str, Tiers] = {}
         for name, route in policy.routes.items():
             levels = sorted({t.priority for t in route.targets})
@@ -173,7 +175,7 @@ class Engine:
         return decision
 
     # -- shared pieces of an attempt ------------------------------------------------------------
-    def admit_target(self, call: Call, go: Go) -> Permit:
+    async def admit_target(self, call: Call, go: Go) -> Permit:
         """Breaker permit and provider quota for `go.target`, or AttemptFailed(counted=False)."""
         state = call.snapshot.state
         now = self.clock.monotonic()
@@ -182,13 +184,17 @@ class Engine:
         if permit is None:
             call.progress.excluded.add(go.target.key)
             raise AttemptFailed(_SKIPPED, go.target, counted=False)
-        provider = state.provider(go.target.provider)
-        if provider.requests is not None and provider.requests.try_take(1) > 0:
-            breaker.on_neutral(permit)
-            call.progress.excluded.add(go.target.key)
-            raise AttemptFailed(_SKIPPED, go.target, counted=False)
-        if provider.tokens is not None:
-            provider.tokens.try_take(call.request.token_estimate)
+        quota = state.provider(go.target.provider).quota
+        if quota is not None:
+            try:
+                wait, _ = await quota.take(call.request.token_estimate, 0.0)
+            except BaseException:
+                breaker.on_neutral(permit)  # a probe permit must not stay out forever
+                raise
+            if wait > 0:
+                breaker.on_neutral(permit)
+                call.progress.excluded.add(go.target.key)
+                raise AttemptFailed(_SKIPPED, go.target, counted=False)
         return permit
 
     def record(self, call: Call, target: Target, permit: Permit, verdict: Verdict, *, started: float,
@@ -201,11 +207,14 @@ class Engine:
         if verdict.ok:
             if breaker.on_success(permit):
                 self.observer.breaker_changed(provider_name, target.key, "closed")
-        elif verdict.long_ejection:
-            breaker.eject_for_max(now)
-            self.observer.breaker_changed(provider_name, target.key, "open")
-        elif verdict.breaker_failure:
-            if breaker.on_failure(permit, now):
+        elif verdict.long_ejection or verdict.breaker_failure:
+            if verdict.long_ejection:
+                breaker.eject_for_max(now)
+                opened = True
+            else:
+                opened = breaker.on_failure(permit, now)
+            if opened and breaker.open_until is not None:
+                state.ejected(target, breaker.open_until, now)
                 self.observer.breaker_changed(provider_name, target.key, "open")
         else:
             breaker.on_neutral(permit)
@@ -221,7 +230,7 @@ class Engine:
                 delay = max(retry.base_interval_s,
                             full_jitter(progress.per_target[target.key], retry.base_interval_s,
                                         retry.max_interval_s, self.rng))
-            state.provider(provider_name).throttle(now + delay)
+            state.throttle(provider_name, now + delay, now)
             self.observer.provider_throttled(provider_name)
         if verdict.action is Action.FAILOVER:
             progress.excluded.add(target.key)
@@ -229,8 +238,10 @@ class Engine:
             progress.excluded.update(t.key for tier in call.tiers for t in tier if t.provider == provider_name)
         if verdict.exclude_model:
             progress.excluded_models.add(target.upstream_model(call.request.model))
-        if not verdict.ok and call.snapshot.state.provider(provider_name).tokens is not None:
-            call.snapshot.state.provider(provider_name).tokens.give_back(call.request.token_estimate)
+        if not verdict.ok:
+            quota = state.provider(provider_name).quota
+            if quota is not None:
+                quota.adjust_tokens(-call.request.token_estimate)
         if report:  # a committed stream reports its attempt when it ends
             self.observer.attempt_finished(call.route.name, provider_name, str(verdict.reason),
                                            now - started, ttfb)
@@ -251,14 +262,14 @@ class Engine:
         if prompt is None:
             return
         actual = prompt + (completion or 0)
-        provider = call.snapshot.state.provider(target.provider)
-        if provider.tokens is not None:
-            provider.tokens.reconcile(call.request.token_estimate, actual)
+        quota = call.snapshot.state.provider(target.provider).quota
+        if quota is not None:
+            quota.adjust_tokens(actual - call.request.token_estimate)
         client = call.snapshot.policy.client_named(call.client) if call.tokens_reserved else None
         if client is not None:
-            bucket = call.snapshot.state.client(client).tokens
-            if bucket is not None:
-                bucket.reconcile(call.tokens_reserved, actual)
+            client_quota = call.snapshot.state.client(client).quota
+            if client_quota is not None:
+                client_quota.adjust_tokens(actual - call.tokens_reserved)
                 call.tokens_reserved = 0
         if measured:
             self.observer.tokens_used(call.route.name, target.provider, prompt, completion or 0)

@@ -36,6 +36,7 @@ class Observer(Protocol):
     def stream_chunk_gap(self, provider: str, gap_s: float) -> None: ...
     def malformed_event(self, provider: str) -> None: ...
     def tokens_used(self, route: str, provider: str, prompt: int, completion: int) -> None: ...
+    def state_backend_error(self, backend: str, operation: str) -> None: ...
 
 
 class NullObserver:
@@ -78,4 +79,7 @@ class NullObserver:
         pass
 
     def tokens_used(self, route: str, provider: str, prompt: int, completion: int) -> None:
+        pass
+
+    def state_backend_error(self, backend: str, operation: str) -> None:
         pass

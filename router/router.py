@@ -19,14 +19,15 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from router.backends import HealthReport, MemoryBackend, StateBackend
 from router.clock import Clock, SystemClock
 from router.completion import ChatResult, attempt_completion
 from router.engine import Call, Engine, Snapshot, outcome_of
 from router.errors import InvalidRequest, PolicyError, RateLimited, RouteNotAllowed, RouterError, UnknownRoute
 from router.events import UNKNOWN_ROUTE, NullObserver, Observer
-from router.limits import Bucket
 from router.policy import load_policy
 from router.policy.model import Client, Policy
+from router.quota import REQUESTS, TOKENS, UNAVAILABLE
 from router.request import ChatRequest, parse_chat_request
 from router.streaming import ChatStream
 from router.transport import HttpTransport, Transport
@@ -38,15 +39,14 @@ class Router:
     def __init__(self, policy: Policy, *, observer: Observer | None = None,
                  transport: Transport | None = None, clock: Clock | None = None,
                  rng: random.Random | None = None,
-                 sleep: Callable[[float], Awaitable[None]] | None = None) -> None:
-        if policy.state.backend != "memory":
-            # Accepting it and silently keeping state per process would multiply every
-            # limit by the number of replicas: refuse until the Redis backend exists.
-            raise PolicyError("the redis state backend is not available in this version; use `memory`",
-                              source=policy.source, path="state.backend")
+                 sleep: Callable[[float], Awaitable[None]] | None = None, limit_share: float = 1.0) -> None:
+        """`limit_share`: with the memory backend, the fraction of every limit this router enforces
+        (1/N when N worker processes serve one policy without Redis)."""
         self._clock = clock or SystemClock()
         self._observer = observer or NullObserver()
-        self._snapshot = Snapshot.build(policy)
+        self._backend = _backend_for(policy, self._observer, self._clock, limit_share)
+        self._started = False
+        self._snapshot = Snapshot.build(policy, backend=self._backend)
         self._own_transport = transport is None
         self._transport = transport or HttpTransport(policy.providers, clock=self._clock)
         self._engine = Engine(transport=self._transport, observer=self._observer, clock=self._clock,
@@ -69,7 +69,19 @@ class Router:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def __aenter__(self) -> Router:
+        await self.start()
         return self
+
+    async def start(self) -> None:
+        """Connect the state backend and start sharing health (Redis). Called by the first request
+        if not before; calling it at start-up moves the connection out of the first request."""
+        if not self._started:
+            self._started = True
+            await self._backend.start(self._adopt_health)
+
+    def _adopt_health(self, report: HealthReport) -> None:
+        for provider, target in self._snapshot.state.adopt_health(report, self._clock.monotonic()):
+            self._observer.breaker_changed(provider, target, "open")
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
@@ -78,12 +90,17 @@ class Router:
         if self._closed:
             return
         self._closed = True
+        await self._backend.aclose()
         if self._own_transport:
             await self._transport.aclose()
 
     def reload(self, policy: Policy) -> None:
         """Swap to a new, already validated policy. In-flight requests keep their snapshot;
-        breaker and limiter state of unchanged providers and clients carry over."""
+        breaker and limiter state of unchanged providers and clients carry over. The `state` block
+        cannot change without a restart (PolicyError)."""
+        if policy.state != self._snapshot.policy.state:
+            raise PolicyError("the `state` block cannot change on reload; restart the router to switch it",
+                              source=policy.source, path="state")
         snapshot = Snapshot.build(policy, previous=self._snapshot)
         configure = getattr(self._transport, "configure", None)
         if configure is not None:
@@ -143,6 +160,8 @@ class Router:
 
         A refusal here (closed, unknown route or client, route not allowed, over a limit, cancelled
         while queued) also reports `request_finished`; after a successful return the caller must."""
+        if not self._started:
+            await self.start()
         now = self._clock.monotonic()
         snapshot = self._snapshot
         policy = snapshot.policy
@@ -180,38 +199,42 @@ class Router:
         self._observer.request_finished(UNKNOWN_ROUTE, client_label, outcome_of(exc), 0.0)
 
     async def _take_client_limits(self, call: Call, client: Client) -> None:
-        state = call.snapshot.state.client(client)
+        quota = call.snapshot.state.client(client).quota
+        if quota is None:
+            return
         max_wait = min(client.limits.queue_s, max(0.0, call.deadline - self._clock.monotonic()))
-        if state.requests is not None:
-            wait = await _take(state.requests, 1, max_wait)
-            if wait > 0:
-                self._observer.client_rate_limited(client.name, "requests")
-                raise RateLimited(f"client `{client.name}` is over its request rate", retry_after=wait)
-        if state.tokens is not None:
-            estimate = call.request.token_estimate
-            wait = await _take(state.tokens, estimate, max_wait)
-            if wait > 0:
-                if state.requests is not None:
-                    state.requests.give_back(1)
-                self._observer.client_rate_limited(client.name, "tokens")
-                raise RateLimited(f"client `{client.name}` is over its token rate", retry_after=wait)
-            call.tokens_reserved = min(estimate, int(state.tokens.capacity))
+        estimate = call.request.token_estimate
+        wait, kind = await quota.take(estimate, max_wait)
+        if wait > 0:
+            self._observer.client_rate_limited(client.name, kind)
+            raise RateLimited(_LIMIT_MESSAGES[kind].format(client=client.name), retry_after=wait)
+        if quota.token_capacity is not None:
+            call.tokens_reserved = int(min(estimate, quota.token_capacity))
 
     def _release_client_tokens(self, call: Call) -> None:
         if not call.tokens_reserved:
             return
         client = call.snapshot.policy.client_named(call.client)
         if client is not None:
-            bucket = call.snapshot.state.client(client).tokens
-            if bucket is not None:
-                bucket.give_back(call.tokens_reserved)
+            quota = call.snapshot.state.client(client).quota
+            if quota is not None:
+                quota.adjust_tokens(-call.tokens_reserved)
         call.tokens_reserved = 0
 
 
-async def _take(bucket: Bucket, amount: float, max_wait: float) -> float:
-    if max_wait <= 0:
-        return bucket.try_take(amount)
-    return await bucket.take_within(amount, max_wait)
+_LIMIT_MESSAGES = {
+    REQUESTS: "client `{client}` is over its request rate",
+    TOKENS: "client `{client}` is over its token rate",
+    UNAVAILABLE: "limit state for client `{client}` is unavailable (state.on_error: deny)",
+}
+
+
+def _backend_for(policy: Policy, observer: Observer, clock: Clock, limit_share: float) -> StateBackend:
+    if policy.state.backend == "redis":
+        from router.redis_backend import RedisBackend  # redis is only imported when used
+
+        return RedisBackend(policy.state, observer=observer, clock=clock)
+    return MemoryBackend(limit_share)
 
 
 def _as_request(body: Body, request_id: str | None, *, force_stream: bool = False) -> ChatRequest:

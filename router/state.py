@@ -1,45 +1,43 @@
-"""Health and limit state shared by the requests of one router (in memory).
+"""Health and limit state shared by the requests of one router.
 
-One `RouterState` per router: breakers per target, throttles and quota buckets
-per provider, limit buckets per client, in-flight counts. Nothing is global, so
-two routers in one process share nothing. On reload, a new state adopts the
-entries whose configuration did not change, so breakers and limiters survive.
-It is also the planner's read-only view of target health.
+One `RouterState` per policy snapshot: breakers per target, throttles and quotas
+per provider, quotas per client, in-flight counts. Nothing is global, so two
+routers in one process share nothing. On reload, a new state adopts the entries
+whose configuration did not change, so breakers and limiters survive. It is also
+the planner's read-only view of target health.
 
-The Redis backend (shared across replicas) will implement the same surface.
+Quotas come from the state backend (`backends.py`): in process, or in Redis for a
+fleet. Breakers stay in process; ejections and throttles are published through the
+backend, and what other replicas published is adopted by `adopt_health`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from router.backends import EJECT, THROTTLE, HealthReport, MemoryBackend, StateBackend
 from router.breaker import Breaker
 from router.budget import RetryBudgetTracker
-from router.limits import Bucket
 from router.planner import READY, Availability, Status
 from router.policy.model import Client, ClientLimits, Policy, Provider, ProviderLimits, Target
+from router.quota import Quota, QuotaSpec, Rate
 
 
 @dataclass(slots=True)
 class ProviderState:
     limits: ProviderLimits
-    requests: Bucket | None
-    tokens: Bucket | None
+    quota: Quota | None
     throttled_until: float = float("-inf")
 
     @classmethod
-    def build(cls, provider: Provider) -> ProviderState:
+    def build(cls, name: str, provider: Provider, backend: StateBackend) -> ProviderState:
         lim = provider.limits
-        requests = Bucket(lim.requests_per_minute, lim.requests_per_minute / 60.0) \
-            if lim.requests_per_minute else None
-        tokens = Bucket(lim.tokens_per_minute, lim.tokens_per_minute / 60.0) if lim.tokens_per_minute else None
-        return cls(limits=lim, requests=requests, tokens=tokens)
-
-    def quota_wait(self, tokens: int) -> float:
-        wait = self.requests.wait_time(1) if self.requests is not None else 0.0
-        if self.tokens is not None:
-            wait = max(wait, self.tokens.wait_time(tokens))
-        return wait
+        spec = QuotaSpec(
+            requests=Rate(lim.requests_per_minute, lim.requests_per_minute / 60.0)
+            if lim.requests_per_minute else None,
+            tokens=Rate(lim.tokens_per_minute, lim.tokens_per_minute / 60.0) if lim.tokens_per_minute else None)
+        quota = backend.quota(f"provider:{name}", spec) if spec.requests or spec.tokens else None
+        return cls(limits=lim, quota=quota)
 
     def throttle(self, until: float) -> None:
         # Keep the later of two throttles: a short Retry-After must not shorten a long one.
@@ -50,25 +48,29 @@ class ProviderState:
 @dataclass(slots=True)
 class ClientState:
     limits: ClientLimits
-    requests: Bucket | None
-    tokens: Bucket | None
+    quota: Quota | None
 
     @classmethod
-    def build(cls, limits: ClientLimits) -> ClientState:
+    def build(cls, name: str, limits: ClientLimits, backend: StateBackend) -> ClientState:
         requests = None
         if limits.requests_per_second:
             burst = limits.burst or max(1, round(limits.requests_per_second))
-            requests = Bucket(burst, limits.requests_per_second)
-        tokens = Bucket(limits.tokens_per_minute, limits.tokens_per_minute / 60.0) \
+            requests = Rate(burst, limits.requests_per_second)
+        tokens = Rate(limits.tokens_per_minute, limits.tokens_per_minute / 60.0) \
             if limits.tokens_per_minute else None
-        return cls(limits=limits, requests=requests, tokens=tokens)
+        quota = backend.quota(f"client:{name}", QuotaSpec(requests, tokens)) if requests or tokens else None
+        return cls(limits=limits, quota=quota)
 
 
 class RouterState:
-    __slots__ = ("_breakers", "_clients", "_inflight", "_providers", "budget")
+    __slots__ = ("_breakers", "_clients", "_inflight", "_providers", "_target_provider", "backend", "budget")
 
-    def __init__(self, policy: Policy, previous: RouterState | None = None) -> None:
+    def __init__(self, policy: Policy, previous: RouterState | None = None,
+                 backend: StateBackend | None = None) -> None:
+        self.backend: StateBackend = backend or (previous.backend if previous else MemoryBackend())
+        backend = self.backend
         self._providers: dict[str, ProviderState] = {}
+        self._target_provider: dict[str, str] = {}
         self._breakers: dict[str, Breaker] = {}
         self._clients: dict[str, ClientState] = {}
         self._inflight: dict[str, int] = {}
@@ -76,9 +78,10 @@ class RouterState:
         for name, provider in policy.providers.items():
             kept = old._providers.get(name) if old else None
             self._providers[name] = kept if kept and kept.limits == provider.limits \
-                else ProviderState.build(provider)
+                else ProviderState.build(name, provider, backend)
         for route in policy.routes.values():
             for target in route.targets:
+                self._target_provider[target.key] = target.provider
                 breaker_policy = policy.providers[target.provider].breaker
                 kept_breaker = old._breakers.get(target.key) if old else None
                 if kept_breaker is not None and kept_breaker.policy == breaker_policy:
@@ -88,7 +91,7 @@ class RouterState:
         for client in policy.clients:
             kept_client = old._clients.get(client.name) if old else None
             self._clients[client.name] = kept_client if kept_client and kept_client.limits == client.limits \
-                else ClientState.build(client.limits)
+                else ClientState.build(client.name, client.limits, backend)
         if old is not None:
             self._inflight = old._inflight  # requests on the old snapshot still decrement it
         kept_budget = old.budget if old and old.budget.policy == policy.retry_budget else None
@@ -103,6 +106,30 @@ class RouterState:
 
     def client(self, client: Client) -> ClientState:
         return self._clients[client.name]
+
+    # -- health shared with other replicas (no-ops with the memory backend) ---------------------
+    def ejected(self, target: Target, until: float, now: float) -> None:
+        """This replica ejected `target` until `until`: tell the others."""
+        self.backend.publish(EJECT + target.key, until - now)
+
+    def throttle(self, provider: str, until: float, now: float) -> None:
+        self._providers[provider].throttle(until)
+        self.backend.publish(THROTTLE + provider, until - now)
+
+    def adopt_health(self, report: HealthReport, now: float) -> list[tuple[str, str]]:
+        """Apply what the fleet knows. Returns (provider, target) of breakers this opened."""
+        opened = []
+        for field, seconds in report:
+            if field.startswith(EJECT):
+                key = field[len(EJECT):]
+                breaker = self._breakers.get(key)
+                if breaker is not None and breaker.adopt_ejection(now + seconds, now):
+                    opened.append((self._target_provider[key], key))
+            elif field.startswith(THROTTLE):
+                provider = self._providers.get(field[len(THROTTLE):])
+                if provider is not None:
+                    provider.throttle(now + seconds)
+        return opened
 
     # -- in-flight accounting (least_busy and the in-flight gauge) -------------------------
     def begin(self, target: Target) -> None:
@@ -126,8 +153,8 @@ class RouterState:
             return Availability(Status.THROTTLED, free_at=free_at)
         if not breaker.available(now):
             return Availability(Status.OPEN, last_failure=breaker.last_failure)
-        if provider.requests is not None or provider.tokens is not None:
-            wait = provider.quota_wait(tokens)
+        if provider.quota is not None:
+            wait = provider.quota.wait_time(tokens)
             if wait > 0:
                 return Availability(Status.QUOTA, free_at=now + wait)
         return READY

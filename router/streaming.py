@@ -144,7 +144,7 @@ class ChatStream:
     async def _attempt(self, call: Call, go: Go) -> _Open:
         engine, target = self._engine, go.target
         state = call.snapshot.state
-        permit = engine.admit_target(call, go)
+        permit = await engine.admit_target(call, go)
         provider = call.snapshot.policy.providers[target.provider]
         upstream_model = target.upstream_model(call.request.model)
         body = call.request.body_for(upstream_model) if self._prefill is None \

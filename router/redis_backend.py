@@ -1,0 +1,247 @@
+"""The Redis state backend: quotas and provider health shared by every replica.
+
+- Quotas: one Lua script call per admission decision (`redis_scripts.BUCKETS`),
+  on Redis server time, both buckets of a quota or neither. Returning or charging
+  tokens is a write in the background: nobody waits for it.
+- Health: ejections and throttles are published to one hash and read back by
+  every replica every `SYNC_INTERVAL_S` (one call does both), so a provider that
+  one replica saw fail is avoided by the others within that interval plus one
+  round trip.
+- Failure: every call has its own `timeout_ms`. After a failed call the backend
+  stops calling Redis for `RETRY_AFTER_ERROR_S` (requests then decide at once, per
+  `on_error`) and the sync loop probes until Redis answers again, so a dead Redis
+  never costs a request more than one timeout. `on_error: local` enforces this
+  replica's share (1/replicas) of each limit in process; `allow` admits; `deny`
+  refuses. Each failure counts in `llm_router_state_backend_errors_total`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from router.backends import ApplyHealth
+from router.clock import Clock
+from router.events import Observer
+from router.policy.model import StatePolicy
+from router.quota import REQUESTS, TOKENS, UNAVAILABLE, MemoryQuota, Quota, QuotaSpec, Rate
+from router.redis_scripts import BUCKETS, HEALTH
+
+log = logging.getLogger("router.state")
+
+SYNC_INTERVAL_S = 0.25
+RETRY_AFTER_ERROR_S = 1.0
+_MAX_BACKGROUND_WRITES = 1000  # beyond this, Redis is too slow to keep up: drop and count
+_FAILED = object()
+_NAME = "redis"
+
+
+class RedisBackend:
+    name = _NAME
+
+    def __init__(self, config: StatePolicy, *, observer: Observer, clock: Clock,
+                 sync_interval_s: float = SYNC_INTERVAL_S) -> None:
+        assert config.url is not None
+        self.config = config
+        self._observer = observer
+        self.clock = clock
+        self._timeout = config.timeout_ms / 1000.0
+        self._interval = sync_interval_s
+        self._client: Redis = Redis.from_url(
+            config.url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout,
+            retry=Retry(NoBackoff(), 0), health_check_interval=0)
+        self.buckets = self._client.register_script(BUCKETS)
+        self._health = self._client.register_script(HEALTH)
+        self._health_key = config.key_prefix + "health"
+        self._down_until = float("-inf")
+        self._down = False
+        self._pending: dict[str, float] = {}
+        self._wake = asyncio.Event()
+        self._writes: set[asyncio.Task[Any]] = set()
+        self._sync_task: asyncio.Task[None] | None = None
+        self._apply: ApplyHealth | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self, apply: ApplyHealth) -> None:
+        self._apply = apply
+        if self._sync_task is None:
+            await self.sync()  # learn what the fleet knows before the first request
+            self._sync_task = asyncio.create_task(self._sync_loop(), name="router-state-sync")
+
+    async def aclose(self) -> None:
+        tasks = [t for t in (self._sync_task, *self._writes) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._sync_task = None
+        await self._client.aclose()
+
+    # -- quotas ------------------------------------------------------------------------------
+    def quota(self, key: str, spec: QuotaSpec) -> Quota:
+        return SharedQuota(self, self.config.key_prefix + key, spec)
+
+    @property
+    def up(self) -> bool:
+        return self.clock.monotonic() >= self._down_until
+
+    async def call(self, operation: str, script: Callable[..., Awaitable[Any]], keys: Sequence[str],
+                   args: Sequence[Any], *, probe: bool = False) -> Any:
+        """One script call within the timeout; `_FAILED` on any error (or while Redis is down,
+        unless this call is the probe that finds out whether it is back)."""
+        if not probe and not self.up:
+            return _FAILED
+        try:
+            async with asyncio.timeout(self._timeout):
+                result = await script(keys=keys, args=args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed(operation, exc)
+            return _FAILED
+        if self._down:
+            self._down = False
+            self._down_until = float("-inf")
+            log.warning("state backend: redis answers again; limits and health are shared again")
+        return result
+
+    def _failed(self, operation: str, exc: BaseException) -> None:
+        self._observer.state_backend_error(_NAME, operation)
+        self._down_until = self.clock.monotonic() + RETRY_AFTER_ERROR_S
+        if not self._down:
+            self._down = True
+            log.warning("state backend: redis call failed (%s: %s); on_error=%s applies until it answers",
+                        operation, type(exc).__name__, self.config.on_error)
+
+    def write_later(self, operation: str, keys: Sequence[str], args: Sequence[Any]) -> bool:
+        """Fire-and-forget bucket write. False when it was not sent (Redis down or backlog full)."""
+        if not self.up:
+            return False
+        if len(self._writes) >= _MAX_BACKGROUND_WRITES:
+            self._observer.state_backend_error(_NAME, operation)
+            return False
+        task = asyncio.get_running_loop().create_task(self.call(operation, self.buckets, keys, args))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        return True
+
+    # -- health ------------------------------------------------------------------------------
+    def publish(self, field: str, seconds: float) -> None:
+        ms = max(1, round(seconds * 1000))
+        if ms > self._pending.get(field, 0):
+            self._pending[field] = ms
+        self._wake.set()
+
+    async def sync(self) -> bool:
+        """Publish pending ejections/throttles and read everyone's; one round trip."""
+        pending, self._pending = self._pending, {}
+        args: list[Any] = []
+        for field, ms in pending.items():
+            args += [field, ms]
+        result = await self.call("health", self._health, [self._health_key], args, probe=True)
+        if result is _FAILED:
+            return False
+        report = []
+        for i in range(0, len(result) - 1, 2):
+            field = result[i].decode() if isinstance(result[i], bytes) else str(result[i])
+            report.append((field, float(result[i + 1]) / 1000.0))
+        if self._apply is not None and report:
+            self._apply(report)
+        return True
+
+    async def _sync_loop(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self._interval):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.sync()
+            except Exception:  # a bug here must not end health sharing for the process's life
+                log.exception("state backend: health sync failed")
+
+
+class SharedQuota:
+    """A quota whose buckets live in Redis; `on_error` decides while Redis is unreachable."""
+
+    __slots__ = ("_backend", "_blocked_until", "_fallback", "_keys", "_kinds", "_rates", "spec",
+                 "token_capacity")
+
+    def __init__(self, backend: RedisBackend, key: str, spec: QuotaSpec) -> None:
+        self.spec = spec
+        self._backend = backend
+        self._keys: list[str] = []
+        self._kinds: list[str] = []
+        self._rates: list[Rate] = []
+        for kind, rate in ((REQUESTS, spec.requests), (TOKENS, spec.tokens)):
+            if rate is not None:
+                self._keys.append(f"{key}:{kind}")
+                self._kinds.append(kind)
+                self._rates.append(rate)
+        self.token_capacity = spec.tokens.capacity if spec.tokens is not None else None
+        on_error = backend.config.on_error
+        self._fallback = MemoryQuota(spec, 1.0 / backend.config.replicas) if on_error == "local" else None
+        self._blocked_until = float("-inf")  # what the last refusal said, for the planner's view
+
+    def wait_time(self, tokens: float) -> float:
+        backend = self._backend
+        if not backend.up:
+            return self._fallback_wait(tokens)
+        now = backend.clock.monotonic()
+        return self._blocked_until - now if self._blocked_until > now else 0.0
+
+    async def take(self, tokens: float, max_wait: float) -> tuple[float, str]:
+        backend = self._backend
+        clock = backend.clock
+        end = clock.monotonic() + max_wait
+        while True:
+            args: list[Any] = ["take"]
+            for kind, rate in zip(self._kinds, self._rates, strict=True):
+                args += [rate.capacity, rate.per_second, 1 if kind == REQUESTS else tokens]
+            result = await backend.call("take", backend.buckets, self._keys, args)
+            if result is _FAILED:
+                return await self._fallback_take(tokens, max(0.0, end - clock.monotonic()))
+            wait_s, _, index = (result.decode() if isinstance(result, bytes) else str(result)).partition(" ")
+            wait = float(wait_s)
+            now = clock.monotonic()
+            if wait <= 0:
+                self._blocked_until = float("-inf")
+                return 0.0, ""
+            self._blocked_until = now + wait
+            if now + wait > end:
+                return wait, self._kinds[int(index) - 1] if index else REQUESTS
+            await asyncio.sleep(wait)  # queue_s: the caller agreed to wait this long
+
+    def adjust_tokens(self, delta: float) -> None:
+        if self.spec.tokens is None or delta == 0:
+            return
+        rate = self.spec.tokens
+        if not self._backend.write_later("adjust", [self._keys[-1]],
+                                         ["adjust", rate.capacity, rate.per_second, delta]) \
+                and self._fallback is not None:
+            self._fallback.adjust_tokens(delta)
+
+    # -- while Redis is unreachable -----------------------------------------------------------
+    def _fallback_wait(self, tokens: float) -> float:
+        mode = self._backend.config.on_error
+        if mode == "allow":
+            return 0.0
+        if mode == "deny":
+            return RETRY_AFTER_ERROR_S
+        assert self._fallback is not None
+        return self._fallback.wait_time(tokens)
+
+    async def _fallback_take(self, tokens: float, max_wait: float) -> tuple[float, str]:
+        mode = self._backend.config.on_error
+        if mode == "allow":
+            return 0.0, ""
+        if mode == "deny":
+            return RETRY_AFTER_ERROR_S, UNAVAILABLE
+        assert self._fallback is not None
+        return await self._fallback.take(tokens, max_wait)
