@@ -37,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (default: the policy's server.port, else 8080)")
     serve.add_argument("--watch", action="store_true", help="reload the policy when the file changes")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--workers", type=_positive, default=1,
+                       help="processes serving the port (SO_REUSEPORT); use state.backend: redis to share "
+                            "limits exactly, else each worker enforces 1/N of every limit (default 1)")
+    # Set by the supervisor of --workers for each worker process.
+    serve.add_argument("--worker", help=argparse.SUPPRESS)
+    serve.add_argument("--worker-dir", help=argparse.SUPPRESS)
     serve.set_defaults(run=_serve)
 
     check = sub.add_parser("check", help="validate policy files and print their routes")
@@ -148,7 +154,14 @@ def _serve(args: argparse.Namespace) -> int:
     from router.server.main import serve  # the daemon pulls in aiohttp.web; keep `check` light
 
     return serve(config=args.config, host=args.host, port=args.port, watch=args.watch,
-                 log_level=args.log_level)
+                 log_level=args.log_level, workers=args.workers, worker=args.worker, worker_dir=args.worker_dir)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def _mock(args: argparse.Namespace) -> int:

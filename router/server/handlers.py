@@ -16,6 +16,7 @@ from router.request import ChatRequest, clean_request_id, parse_chat_request
 from router.server.access_log import AccessRecord, log_access
 from router.server.errors import error_response, router_error_response
 from router.server.state import STATE, ServerState
+from router.server.workers import LOCAL_ONLY, fleet_metrics
 
 log = logging.getLogger("router.server")
 
@@ -218,4 +219,6 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
     body, content_type = state.render_metrics()
+    if state.worker is not None and request.query.get("scope") != LOCAL_ONLY:
+        body = await fleet_metrics(state.worker, body)
     return web.Response(body=body, headers={"Content-Type": content_type})

@@ -24,6 +24,7 @@ from router.server.access_log import LineSink, use_sink
 from router.server.app import create_app
 from router.server.demo import start_demo_providers, stop_demo_providers
 from router.server.state import STATE, ServerState
+from router.server.workers import WorkerInfo
 
 log = logging.getLogger("router.server")
 WATCH_INTERVAL_S = 1.0
@@ -46,26 +47,36 @@ def setup_logging(level: str) -> None:
 
 
 def serve(*, config: str, host: str | None = None, port: int | None = None, watch: bool = False,
-          log_level: str = "info") -> int:
+          log_level: str = "info", workers: int = 1, worker: str | None = None,
+          worker_dir: str | None = None) -> int:
     setup_logging(log_level)
     try:
         policy = load_policy(config)
     except PolicyError as exc:
         log.error("cannot start: %s", exc)
         return 2
-    return asyncio.run(run_daemon(policy, config, host or policy.server.host,
-                                  policy.server.port if port is None else port, watch=watch))
+    host = host or policy.server.host
+    port = policy.server.port if port is None else port
+    if workers > 1:
+        from router.server.supervisor import supervise
+
+        return asyncio.run(supervise(policy, config, host, port, workers, watch=watch, log_level=log_level))
+    info = None
+    if worker is not None and worker_dir is not None:
+        index, _, count = worker.partition("/")
+        info = WorkerInfo(int(index), int(count), worker_dir)
+    return asyncio.run(run_daemon(policy, config, host, port, watch=watch, worker=info))
 
 
 def reload_policy(state: ServerState, path: str) -> bool:
     """Validate the file and swap atomically; an invalid file leaves the old policy serving."""
     try:
         policy = load_policy(path)
+        state.router.reload(policy)
     except PolicyError as exc:
         log.error("policy reload rejected, the previous policy keeps serving: %s", exc)
         state.count_reload(False)
         return False
-    state.router.reload(policy)
     state.adopt()
     state.count_reload(True)
     log.info("policy reloaded from %s", path)
@@ -106,23 +117,31 @@ async def _drain(runner: web.AppRunner, state: ServerState, timeout_s: float) ->
 
 
 async def run_daemon(policy: Policy, path: str, host: str, port: int, *, watch: bool = False,
-                     ready: asyncio.Event | None = None) -> int:
-    demo = await start_demo_providers(policy)
+                     ready: asyncio.Event | None = None, worker: WorkerInfo | None = None) -> int:
+    """Serve until SIGTERM/SIGINT. As one of `--workers N` (`worker`), the supervisor runs the
+    demo providers, the port is shared (SO_REUSEPORT) and /metrics covers every worker."""
+    demo = await start_demo_providers(policy) if worker is None else []
     observer = PrometheusObserver()
-    router = Router(policy, observer=observer)
+    share = 1.0 / worker.count if worker is not None and policy.state.backend == "memory" else 1.0
+    router = Router(policy, observer=observer, limit_share=share)
+    await router.start()
     app = create_app(router, observer=observer)
     state = app[STATE]
+    state.worker = worker
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=CANCEL_GRACE_S)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, reuse_port=worker is not None or None)
         await site.start()
+        if worker is not None:
+            await web.UnixSite(runner, worker.socket_path()).start()
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", host, port, exc.strerror or exc)
         await runner.cleanup()
         await stop_demo_providers(demo)
         return 1
-    log.info("listening on http://%s:%d/v1 (policy %s, %d routes)", host, port, path, len(policy.routes))
+    log.info("listening on http://%s:%d/v1 (policy %s, %d routes%s)", host, port, path, len(policy.routes),
+             f", worker {worker.index + 1} of {worker.count}" if worker is not None else "")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from router.metrics import PrometheusObserver
 from router.router import Router
 from router.server.auth import ClientKeys
+from router.server.workers import WorkerInfo
 
 
 @dataclass(slots=True)
@@ -24,6 +25,7 @@ class ServerState:
     # Requests being handled, so shutdown can wait for them (main._drain); filled by app.track_in_flight.
     in_flight: set[asyncio.Task[Any]] = field(default_factory=set)
     reloads: dict[str, int] = field(default_factory=lambda: {"success": 0, "failure": 0})
+    worker: WorkerInfo | None = None  # set when this process is one of `serve --workers N`
 
     @property
     def registry(self) -> CollectorRegistry:
