@@ -40,6 +40,7 @@ SYNC_INTERVAL_S = 0.25
 RETRY_AFTER_ERROR_S = 1.0
 _MAX_BACKGROUND_WRITES = 1000  # beyond this, Redis is too slow to keep up: drop and count
 _FAILED = object()
+_WARM_CONNECTIONS = 16
 _NAME = "redis"
 
 
@@ -56,7 +57,8 @@ class RedisBackend:
         self._interval = sync_interval_s
         self._client: Redis = Redis.from_url(
             config.url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout,
-            retry=Retry(NoBackoff(), 0), health_check_interval=0)
+            retry=Retry(NoBackoff(), 0), health_check_interval=0,
+            driver_info=None)  # no CLIENT SETINFO round trips on every new connection
         self.buckets = self._client.register_script(BUCKETS)
         self._health = self._client.register_script(HEALTH)
         self._health_key = config.key_prefix + "health"
@@ -72,7 +74,18 @@ class RedisBackend:
     async def start(self, apply: ApplyHealth) -> None:
         self._apply = apply
         if self._sync_task is None:
-            await self.sync()  # learn what the fleet knows before the first request
+            # Load the scripts now, so no request pays for the NOSCRIPT fallback, then learn what the
+            # fleet knows before the first request. Failing here is not fatal: on_error applies.
+            try:
+                async with asyncio.timeout(max(self._timeout, 1.0)):
+                    await self._client.script_load(BUCKETS)
+                    await self._client.script_load(HEALTH)
+                    # New connections are opened one at a time (the pool's lock): open some now, so
+                    # a burst of first requests does not queue behind connects and time out.
+                    await asyncio.gather(*(self._client.ping() for _ in range(_WARM_CONNECTIONS)))
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._failed("start", exc)
+            await self.sync()
             self._sync_task = asyncio.create_task(self._sync_loop(), name="router-state-sync")
 
     async def aclose(self) -> None:
