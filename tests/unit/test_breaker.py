@@ -206,3 +206,31 @@ def test_threshold_comes_from_the_policy(threshold: int) -> None:
     breaker = Breaker(policy)
     assert not fail(breaker, T0, threshold - 1)
     assert fail(breaker, T0)
+
+
+# -- ejections learned from other replicas (shared state) ---------------------------------------
+
+
+def test_adopting_an_ejection_takes_a_closed_target_out_until_then() -> None:
+    breaker = Breaker(POLICY)
+    assert breaker.adopt_ejection(T0 + 7.0, T0)
+    assert not breaker.available(T0 + 6.9)
+    assert breaker.state(T0 + 7.0) is BreakerState.HALF_OPEN
+    probe = breaker.acquire(T0 + 7.0)
+    assert probe is not None and probe.probe  # this replica probes for itself when it ends
+
+
+def test_adopting_never_shortens_an_ejection_and_reports_no_change_when_already_out() -> None:
+    breaker = open_breaker()  # out until T0 + 5
+    assert not breaker.adopt_ejection(T0 + 2.0, T0)
+    assert breaker.open_until == T0 + 5.0
+    assert not breaker.adopt_ejection(T0 + 9.0, T0)  # already out: extended, not newly opened
+    assert breaker.open_until == T0 + 9.0
+
+
+def test_adopted_ejection_does_not_grow_this_replicas_next_ejection() -> None:
+    breaker = Breaker(POLICY)
+    breaker.adopt_ejection(T0 + 1.0, T0)
+    assert fail_probe(breaker) >= T0 + 1.0
+    # The failed probe ejects for the base time: growth follows this replica's own failures.
+    assert breaker.open_until == pytest.approx(T0 + 1.0 + POLICY.base_ejection_s)
