@@ -1,0 +1,397 @@
+"""Client limits enforced across a fleet: four `router serve` processes sharing one Redis.
+
+Each test starts real daemons through the CLI (one port each, the same policy), one
+fake provider in the test process that they all forward to, and a real
+redis-server (`redis_server`). Traffic goes round robin over the four, so no single
+process sees more than a quarter of it: only a shared bucket can hold the fleet to
+the client's limit. The memory-backend baseline runs the same fleet without Redis
+and shows what the Redis tests would measure if nothing were shared.
+
+The helpers here (`run_routers`, `offer`, `windows`, ...) are also used by
+test_workers.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from router.mock import FakeProvider, Ok
+from tests.scaleout.conftest import RedisServer
+from tests.server.conftest import REPO_ROOT, read_text, wait_until_ready
+from tests.server.helpers import (
+    CLIENT_ENV,
+    assert_no_leak,
+    bearer,
+    env_with_keys,
+    free_port,
+    policy_text,
+    provider_block,
+    route_block,
+)
+
+ROUTERS = 4
+L = 40  # requests_per_second of the client
+B = 10  # its burst
+RUN_S = 5  # seconds of offered load in the Redis rate test
+CHARS_PER_TOKEN = 4  # router.request: token_estimate = len(body) // 4 + max_tokens
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RouterProcess:
+    proc: asyncio.subprocess.Process
+    port: int
+    stdout_path: Path
+    stderr_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def chat_url(self) -> str:
+        return f"{self.base_url}/v1/chat/completions"
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}{path}"
+
+    def stderr(self) -> str:
+        return read_text(self.stderr_path)
+
+
+def child_pids(pid: int) -> list[int]:
+    """Live (non-zombie) processes whose parent is `pid`, from /proc."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            children.append(int(entry.name))
+    return sorted(children)
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped is not running)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def distinct_free_ports(count: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+async def stop_process(proc: asyncio.subprocess.Process, grace_s: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after `grace_s`; the children it leaves behind (workers) are killed too."""
+    if proc.returncode is None:
+        children = child_pids(proc.pid)
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), grace_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        for pid in children:  # only children of a process this test started
+            if alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def run_routers(directory: Path, policy: str, count: int, *args: str) -> AsyncIterator[list[RouterProcess]]:
+    """`count` daemons (`python -m router.cli serve -c policy --port P *args`), started at once, until ready.
+
+    At exit each gets SIGTERM (then SIGKILL) and its output must hold no traceback and no key."""
+    policy_path = directory / "policy.yaml"
+    policy_path.write_text(policy, encoding="utf-8")
+    files: list[IO[bytes]] = []
+    routers: list[RouterProcess] = []
+    try:
+        for index, port in enumerate(distinct_free_ports(count)):
+            stdout_path, stderr_path = directory / f"router{index}.out", directory / f"router{index}.err"
+            out, err = stdout_path.open("wb"), stderr_path.open("wb")
+            files += [out, err]
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "router.cli", "serve", "-c", str(policy_path), "--port", str(port),
+                "--log-level", "warning", *args, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err,
+                cwd=REPO_ROOT, env={**os.environ, **env_with_keys()})
+            routers.append(RouterProcess(proc, port, stdout_path, stderr_path))
+        await asyncio.gather(*(wait_until_ready(r.url("/readyz"), r.proc, r.stderr_path, within_s=20)
+                               for r in routers))
+        yield routers
+    finally:
+        await asyncio.gather(*(stop_process(r.proc) for r in routers))
+        for file in files:
+            file.close()
+    for r in routers:
+        assert_no_leak(r.stderr(), read_text(r.stdout_path))
+
+
+def fleet_policy(fake: FakeProvider, *, limits: Mapping[str, Any], state: Mapping[str, Any]) -> str:
+    return policy_text(
+        {"fake": provider_block(fake, max_connections=200)},
+        {"chat": route_block(("fake", "fake-model"))},
+        clients=[{"name": "web", "key_env": CLIENT_ENV, "limits": dict(limits)}],
+        state=dict(state))
+
+
+def redis_state(server: RedisServer) -> dict[str, Any]:
+    # replicas: on a Redis error each daemon would enforce 1/4 locally. timeout_ms is generous so a busy
+    # 2-core test machine does not turn a slow answer into that fallback; the tests check no error happened.
+    return {"backend": "redis", "url": server.url, "key_prefix": "fleet:", "timeout_ms": 1000,
+            "on_error": "local", "replicas": ROUTERS}
+
+
+# -- load ---------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Outcome:
+    status: int
+    sent: float  # seconds since the load started
+    done: float
+    retry_after: str | None
+    body: bytes
+
+
+def chat_bytes(content: str = "Hello", **fields: Any) -> bytes:
+    return json.dumps({"model": "chat", "messages": [{"role": "user", "content": content}], **fields}).encode()
+
+
+async def post(session: aiohttp.ClientSession, url: str, body: bytes, t0: float,
+               headers: Mapping[str, str]) -> Outcome:
+    loop = asyncio.get_running_loop()
+    sent = loop.time() - t0
+    async with session.post(url, data=body, headers={"Content-Type": "application/json", **headers}) as response:
+        data = await response.read()
+        return Outcome(response.status, sent, loop.time() - t0, response.headers.get("Retry-After"), data)
+
+
+async def offer(session: aiohttp.ClientSession, urls: Sequence[str], rate: float, duration_s: float,
+                body: bytes | None = None) -> list[Outcome]:
+    """`rate` requests per second for `duration_s`, round robin over `urls`, on schedule (not closed loop)."""
+    loop = asyncio.get_running_loop()
+    body = body if body is not None else chat_bytes()
+    t0 = loop.time()
+    tasks = []
+    for i in range(round(rate * duration_s)):
+        delay = t0 + i / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(post(session, urls[i % len(urls)], body, t0, bearer())))
+    return await asyncio.gather(*tasks)
+
+
+def windows(outcomes: Sequence[Outcome], status: int = 200) -> list[int]:
+    """Responses with `status` per 1-second window since the load started, by arrival time.
+
+    Arrival is after admission, so a window can only lose admissions to the next one: the first
+    window counts at most what was admitted in it, and the later ones are where the drained bucket
+    leaves `burst` of slack."""
+    counts = Counter(int(o.done) for o in outcomes if o.status == status)
+    return [counts.get(i, 0) for i in range(max(counts, default=-1) + 1)]
+
+
+def assert_429s_carry_retry_after(outcomes: Sequence[Outcome]) -> None:
+    for o in outcomes:
+        assert o.status in (200, 429), (o.status, o.body[:300])
+        if o.status == 429:
+            assert o.retry_after is not None and int(o.retry_after) >= 1, o
+
+
+async def metric_families(session: aiohttp.ClientSession, url: str) -> dict[str, list[Any]]:
+    """name -> samples of a /metrics page."""
+    async with session.get(url) as response:
+        assert response.status == 200
+        text = await response.text()
+    families: dict[str, list[Any]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            families.setdefault(sample.name, []).append(sample)
+    return families
+
+
+async def backend_errors(session: aiohttp.ClientSession, routers: Sequence[RouterProcess]) -> float:
+    total = 0.0
+    for r in routers:
+        samples = (await metric_families(session, r.url("/metrics"))).get("llm_router_state_backend_errors_total", [])
+        total += sum(s.value for s in samples)
+    return total
+
+
+def session(**connector: Any) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, **connector),
+                                 timeout=aiohttp.ClientTimeout(total=20))
+
+
+# -- tests --------------------------------------------------------------------------------------
+
+
+async def test_four_routers_on_redis_admit_the_client_limit_together(
+        redis_server: RedisServer, fake_provider: Any, tmp_path: Path) -> None:
+    """Offered 2L/s for RUN_S s over 4 daemons: per window <= L*1.01 + B, total in [0.95 L T, L T 1.01 + B].
+
+    Measured (L=40, B=10, T=5, 400 requests offered): windows [49, 40, 40, 40, 40],
+    total 209 (bounds 190..212); every 429 carried Retry-After.
+    """
+    fake = await fake_provider("fake")
+    policy = fleet_policy(fake, limits={"requests_per_second": L, "burst": B}, state=redis_state(redis_server))
+    async with asyncio.timeout(60), run_routers(tmp_path, policy, ROUTERS) as routers, session() as http:
+        outcomes = await offer(http, [r.chat_url for r in routers], 2 * L, RUN_S)
+        errors = await backend_errors(http, routers)
+    per_window = windows(outcomes)
+    admitted = sum(per_window)
+    print(f"redis fleet: windows {per_window}, total {admitted}, "
+          f"bounds {0.95 * L * RUN_S:g}..{L * RUN_S * 1.01 + B:g}")
+    assert_429s_carry_retry_after(outcomes)
+    assert errors == 0, "a Redis call failed: the daemons fell back to local limits"
+    assert all(n <= L * 1.01 + B for n in per_window), per_window
+    assert 0.95 * L * RUN_S <= admitted <= L * RUN_S * 1.01 + B, per_window
+    # Every daemon served its share: the limit was shared, not enforced by one of them.
+    assert fake.total_hits == admitted
+
+
+async def test_four_routers_with_memory_state_admit_each_their_own_limit(
+        fake_provider: Any, tmp_path: Path) -> None:
+    """The baseline: without shared state each of the 4 daemons admits L, so the fleet admits ~4L.
+
+    Offered 5L/s (so that 4L can show) for 3 s. Measured (L=40, B=10): windows [196, 160, 160],
+    total 516 (4 x (B + 3L) = 520), against the Redis test's bound L*1.01 + B = 50.4 per window.
+    """
+    duration = 3
+    fake = await fake_provider("fake")
+    policy = fleet_policy(fake, limits={"requests_per_second": L, "burst": B}, state={"backend": "memory"})
+    async with asyncio.timeout(60), run_routers(tmp_path, policy, ROUTERS) as routers, session() as http:
+        outcomes = await offer(http, [r.chat_url for r in routers], 5 * L, duration)
+    per_window = windows(outcomes)
+    admitted = sum(per_window)
+    print(f"memory fleet: windows {per_window}, total {admitted}")
+    assert_429s_carry_retry_after(outcomes)
+    assert all(n > 2 * L for n in per_window[:duration]), per_window
+    assert admitted > 2 * L * duration, per_window
+
+
+TPM = 1200  # client tokens_per_minute: bucket capacity 1200, refilled at 20 tokens/s
+TOKEN_RUN_S = 3.0
+TOKEN_WORKERS = 64  # concurrent clients, 16 per daemon
+SLOW_S = 0.7  # the provider's answer time
+ANSWER = "x" * 400  # completion: 100 tokens in the fake's usage
+
+
+async def test_token_limit_overshoot_is_bounded_by_in_flight_debt(
+        redis_server: RedisServer, fake_provider: Any, tmp_path: Path) -> None:
+    """Token limit across 4 daemons, with answers that use far more than the router reserved.
+
+    Client: `tokens_per_minute` TPM (capacity C = TPM, rate r = TPM/60 per s). Each request
+    reserves est = len(body)//4 + max_tokens (max_tokens 1) and the provider, 0.7 s later, reports
+    usage u = prompt + 100 completion tokens. TOKEN_WORKERS clients loop for D = TOKEN_RUN_S s.
+
+    Reservations are atomic in Redis, so at any admission the reserved tokens plus the debts
+    already charged are within C + r*t. The debt (u - est) of a request is charged when it
+    finishes, so what is used can exceed that only by what was still in flight:
+
+        used <= C + r*D + max_in_flight * (u - est)                      (the bound)
+        sum(est of admitted) <= C + r*D                                  (reservations exact)
+
+    and the debt stays in the bucket: afterwards the client is refused for (level + est - C)/r.
+
+    Measured (C=1200, r=20/s, D=3, est=24, u=103): 50 admitted (sum est 1200 <= 1260),
+    max in flight 50, used 5150, allowance C + r*D = 1260, overshoot 3890 <= bound 50 * 79 = 3950;
+    Redis level afterwards 5134; the next request: 429 with Retry-After 196 s (the debt is paid
+    back at 20 tokens/s). With memory state the same run admits 64 (16 per daemon, sum est 1536).
+    """
+    fake = await fake_provider("fake")
+    fake.set_default(Ok(content=ANSWER, delay_s=SLOW_S))
+    policy = fleet_policy(fake, limits={"tokens_per_minute": TPM}, state=redis_state(redis_server))
+    capacity, rate = float(TPM), TPM / 60.0
+    body = chat_bytes("count tokens", max_tokens=1)
+    estimate = len(body) // CHARS_PER_TOKEN + 1
+    async with asyncio.timeout(60), run_routers(tmp_path, policy, ROUTERS) as routers, session() as http:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        outcomes: list[Outcome] = []
+
+        async def client(url: str) -> None:
+            while loop.time() - t0 < TOKEN_RUN_S:
+                outcome = await post(http, url, body, t0, bearer())
+                outcomes.append(outcome)
+                if outcome.status != 200:
+                    await asyncio.sleep(0.2)
+
+        await asyncio.gather(*(client(routers[i % ROUTERS].chat_url) for i in range(TOKEN_WORKERS)))
+        await asyncio.sleep(0.3)  # the last debts are written in the background
+        after = await post(http, routers[0].chat_url, body, t0, bearer())
+        level = _bucket_level(redis_server, "fleet:client:web:tokens")
+        elapsed = loop.time() - t0
+        errors = await backend_errors(http, routers)
+    assert errors == 0, "a Redis call failed: the daemons fell back to local limits"
+    assert_429s_carry_retry_after(outcomes)
+    ok = [o for o in outcomes if o.status == 200]
+    usages = [_total_tokens(o.body) for o in ok]
+    used = sum(usages)
+    debt = max(usages) - estimate
+    in_flight = _max_overlap([(o.sent, o.done) for o in ok])
+    allowance = capacity + rate * TOKEN_RUN_S
+    bound = in_flight * debt
+    print(f"tokens: admitted {len(ok)} (sum est {len(ok) * estimate}), est {estimate}, usage {max(usages)}, "
+          f"max in flight {in_flight}, used {used}, allowance {allowance:g}, overshoot {used - allowance:g}, "
+          f"bound {bound}; then {after.status} Retry-After {after.retry_after}; level {level:.0f}")
+    assert debt > 0, "the provider's usage must exceed the router's estimate for this test to mean anything"
+    assert len(ok) * estimate <= allowance  # the 4 daemons reserved from one bucket
+    assert used - allowance <= bound
+    # The debt was charged: the bucket holds what was used (less what drained), and the client waits it out.
+    assert used - rate * elapsed <= level <= used
+    assert after.status == 429 and after.retry_after is not None
+    assert int(after.retry_after) >= (used - rate * elapsed + estimate - capacity) / rate
+
+
+def _bucket_level(server: RedisServer, key: str) -> float:
+    reply = server.command("HGET", key, "level")
+    assert reply.startswith("$") and not reply.startswith("$-1"), reply
+    return float(reply.split("\r\n")[1])
+
+
+def _total_tokens(body: bytes) -> int:
+    usage = json.loads(body)["usage"]
+    return int(usage["prompt_tokens"]) + int(usage["completion_tokens"])
+
+
+def _max_overlap(intervals: Sequence[tuple[float, float]]) -> int:
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals],
+                    key=lambda e: (e[0], e[1]))
+    current = best = 0
+    for _, step in events:
+        current += step
+        best = max(best, current)
+    return best
+
