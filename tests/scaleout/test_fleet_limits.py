@@ -328,7 +328,8 @@ async def test_token_limit_overshoot_is_bounded_by_in_flight_debt(
     Measured (C=1200, r=20/s, D=3, est=24, u=103): 50 admitted (sum est 1200 <= 1260),
     max in flight 50, used 5150, allowance C + r*D = 1260, overshoot 3890 <= bound 50 * 79 = 3950;
     Redis level afterwards 5134; the next request: 429 with Retry-After 196 s (the debt is paid
-    back at 20 tokens/s). With memory state the same run admits 64 (16 per daemon, sum est 1536).
+    back at 20 tokens/s). With memory state the same run admitted 65 (sum est 1560 > 1260) and used
+    6695 (overshoot 5435 > bound 64 * 79 = 5056): both assertions fail without the shared bucket.
     """
     fake = await fake_provider("fake")
     fake.set_default(Ok(content=ANSWER, delay_s=SLOW_S))
