@@ -69,6 +69,7 @@ class RedisBackend:
         self._writes: set[asyncio.Task[Any]] = set()
         self._sync_task: asyncio.Task[None] | None = None
         self._apply: ApplyHealth | None = None
+        self._closing = False
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self, apply: ApplyHealth) -> None:
@@ -89,10 +90,14 @@ class RedisBackend:
             self._sync_task = asyncio.create_task(self._sync_loop(), name="router-state-sync")
 
     async def aclose(self) -> None:
+        self._closing = True
+        self._wake.set()
         tasks = [t for t in (self._sync_task, *self._writes) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        while tasks:  # cancel again if a cancel was lost (see _sync_loop)
+            for task in tasks:
+                task.cancel()
+            _, pending = await asyncio.wait(tasks, timeout=0.5)
+            tasks = list(pending)
         self._sync_task = None
         await self._client.aclose()
 
@@ -167,13 +172,18 @@ class RedisBackend:
         return True
 
     async def _sync_loop(self) -> None:
-        while True:
+        # A timer sets the event rather than a timeout around the wait: on Python 3.11 a cancel that
+        # lands as a timeout fires can be swallowed, and aclose() would wait for this task forever.
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            tick = loop.call_later(self._interval, self._wake.set)
             try:
-                async with asyncio.timeout(self._interval):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
+                await self._wake.wait()
+            finally:
+                tick.cancel()
             self._wake.clear()
+            if self._closing:
+                return
             try:
                 await self.sync()
             except Exception:  # a bug here must not end health sharing for the process's life

@@ -14,6 +14,7 @@ routers in one process share nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 from collections.abc import Awaitable, Callable, Mapping
@@ -45,7 +46,7 @@ class Router:
         self._clock = clock or SystemClock()
         self._observer = observer or NullObserver()
         self._backend = _backend_for(policy, self._observer, self._clock, limit_share)
-        self._started = False
+        self._starting: asyncio.Task[None] | None = None
         self._snapshot = Snapshot.build(policy, backend=self._backend)
         self._own_transport = transport is None
         self._transport = transport or HttpTransport(policy.providers, clock=self._clock)
@@ -73,11 +74,12 @@ class Router:
         return self
 
     async def start(self) -> None:
-        """Connect the state backend and start sharing health (Redis). Called by the first request
-        if not before; calling it at start-up moves the connection out of the first request."""
-        if not self._started:
-            self._started = True
-            await self._backend.start(self._adopt_health)
+        """Connect the state backend (Redis: load scripts, warm connections, first health sync).
+        `async with` and the daemon call it; without it, the first request starts it in the
+        background rather than wait (no request waits on Redis longer than `state.timeout_ms`)."""
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._backend.start(self._adopt_health))
+        await asyncio.shield(self._starting)
 
     def _adopt_health(self, report: HealthReport) -> None:
         for provider, target in self._snapshot.state.adopt_health(report, self._clock.monotonic()):
@@ -90,6 +92,10 @@ class Router:
         if self._closed:
             return
         self._closed = True
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._starting
         await self._backend.aclose()
         if self._own_transport:
             await self._transport.aclose()
@@ -160,8 +166,8 @@ class Router:
 
         A refusal here (closed, unknown route or client, route not allowed, over a limit, cancelled
         while queued) also reports `request_finished`; after a successful return the caller must."""
-        if not self._started:
-            await self.start()
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._backend.start(self._adopt_health))
         now = self._clock.monotonic()
         snapshot = self._snapshot
         policy = snapshot.policy
