@@ -1,6 +1,6 @@
 """Benchmark of scale-out: the Redis state backend's cost, and `serve --workers 2` vs 1, in one run.
 
-    python bench/scaleout.py [--duration 5] [--out bench/results]
+    python bench/scaleout.py [--duration 5] [--rounds 3] [--out bench/results]
 
 (a) Redis cost: the daemon pinned to CPU 0 with one client whose limits
     (requests and tokens) are far above the load, so every request is admitted
@@ -127,9 +127,9 @@ def load(url: str, connections: int, duration: int, script: Path, wrk: bool) -> 
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group (a supervisor and its workers), SIGKILL after 10 s."""
+    """SIGTERM the process (a supervisor forwards it to its workers), then SIGKILL its group after 10 s."""
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
