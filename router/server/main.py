@@ -116,6 +116,10 @@ async def _drain(runner: web.AppRunner, state: ServerState, timeout_s: float) ->
         await asyncio.wait(pending, timeout=timeout_s)
 
 
+def _ignore_during_drain(sig: signal.Signals) -> None:
+    log.info("draining already: %s ignored", sig.name)
+
+
 async def run_daemon(policy: Policy, path: str, host: str, port: int, *, watch: bool = False,
                      ready: asyncio.Event | None = None, worker: WorkerInfo | None = None) -> int:
     """Serve until SIGTERM/SIGINT. As one of `--workers N` (`worker`), the supervisor runs the
@@ -155,8 +159,11 @@ async def run_daemon(policy: Policy, path: str, host: str, port: int, *, watch: 
     finally:
         state.draining = True
         log.info("draining: up to %gs for in-flight requests", router.policy.server.drain_timeout_s)
+        # Stay deaf to further signals rather than fall back to their default action: under
+        # `--workers`, Ctrl-C or a group-wide SIGTERM reaches a worker twice (directly and forwarded
+        # by the supervisor), and the second one must not kill it in the middle of its drain.
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
+            loop.add_signal_handler(sig, _ignore_during_drain, sig)
         if watcher is not None:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

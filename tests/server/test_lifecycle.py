@@ -11,6 +11,7 @@ import signal
 import time
 
 import aiohttp
+import pytest
 
 from router.mock import Hang, Ok
 from tests.server.conftest import CliDaemon, CliFactory
@@ -125,6 +126,30 @@ async def test_sigint_drains_like_sigterm(cli_daemon: CliFactory, fake_provider)
 
     assert status == 200
     assert await daemon.wait_exit(DRAIN_S + 2) == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_second_signal_during_the_drain_does_not_cut_it(cli_daemon: CliFactory, fake_provider,
+                                                                sig: signal.Signals) -> None:
+    """Ctrl-C or a group-wide SIGTERM under `--workers` reaches a worker twice (directly and from
+    the supervisor); the second one used to kill it mid-drain with the default action."""
+    slow, streamy = await fake_provider("slow"), await fake_provider("streamy")
+    slow.set_default(Ok(delay_s=0.8))
+    daemon = await cli_daemon(two_route_text(slow, streamy))
+
+    async with aiohttp.ClientSession() as http:
+        request = asyncio.ensure_future(http.post(daemon.url("/v1/chat/completions"), json=chat_body()))
+        await slow.wait_for_hits(1, within_s=3)
+        daemon.proc.send_signal(sig)
+        await asyncio.sleep(0.2)  # the drain has begun
+        daemon.proc.send_signal(sig)
+        async with await request as response:
+            status = response.status
+            await response.read()
+
+    assert status == 200
+    assert await daemon.wait_exit(DRAIN_S + 2) == 0, daemon.stderr()
+    assert "Traceback" not in daemon.stderr()
 
 
 async def test_a_request_outliving_the_drain_timeout_does_not_hold_the_exit(cli_daemon: CliFactory,
