@@ -75,6 +75,7 @@ class Provider:
     max_connections: int = 100
     supports_prefill: bool = False
     mock: MockSpec | None = None
+    allow_link_local: bool = False  # base_url may be a link-local or cloud-metadata address
 
     @property
     def chat_url(self) -> str:
