@@ -157,7 +157,7 @@ class RetryBudget:
 @dataclass(frozen=True, slots=True)
 class StatePolicy:
     backend: StateBackendName = "memory"
-    url: str | None = None
+    url: str | None = field(default=None, repr=False)  # may carry a password: never printed
     key_prefix: str = "llm_router:"
     timeout_ms: int = 50
     on_error: OnStateError = "local"

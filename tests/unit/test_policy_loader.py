@@ -795,6 +795,12 @@ def test_redis_state_needs_a_redis_url() -> None:
     assert parse(variant(("state", {"backend": "redis", "url": "unix:///run/redis.sock"}))).state.url
 
 
+def test_a_redis_password_is_not_in_the_policy_repr() -> None:
+    policy = parse(variant(("state", {"backend": "redis", "url": "redis://:pw-Zq81LmN0pQrS@cache:6379/0"})))
+    assert policy.state.url == "redis://:pw-Zq81LmN0pQrS@cache:6379/0"
+    assert "Zq81LmN0" not in repr(policy) and "Zq81LmN0" not in repr(policy.state)
+
+
 @pytest.mark.parametrize("url", ["http://cache:6379", "redis:/cache", "redis://", "cache:6379"])
 def test_redis_url_scheme_is_checked(url: str) -> None:
     error = problem(variant(("state", {"backend": "redis", "url": url})))
