@@ -90,8 +90,7 @@ def echo_message(key: str) -> str:
 
 def echo_headers(key: str) -> dict[str, str]:
     return {"WWW-Authenticate": f'Bearer realm="api", error="invalid_token", token="{key}"',
-            "X-Debug-Authorization": f"Bearer {key}", "Set-Cookie": f"session={key}; HttpOnly",
-            "Retry-After": "1"}
+            "X-Debug-Authorization": f"Bearer {key}", "Set-Cookie": f"session={key}; HttpOnly"}
 
 
 def echoing_status(status: int, code: str | None, key: str) -> Status:
