@@ -252,7 +252,8 @@ def test_edge_values_anywhere_in_a_valid_policy_give_a_policy_or_an_error_at_a_k
     document = copy.deepcopy(SEEDS[seed])
     for _ in range(data.draw(st.integers(1, 3))):
         path = data.draw(st.sampled_from(_paths(document)[1:]))
-        document = _set(document, path, data.draw(edge_for(_get(document, path))))
+        # A copy: the edge values include lists and mappings that later mutations could change in place.
+        document = _set(document, path, copy.deepcopy(data.draw(edge_for(_get(document, path)))))
     load_mutant(document)
 
 
