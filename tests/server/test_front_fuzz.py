@@ -253,7 +253,7 @@ async def process(cli_daemon: CliFactory, fake_provider) -> tuple[int, aiohttp.C
     return (await cli_daemon(text, "--log-level", "debug")).port, fake
 
 
-@settings(max_examples=60, deadline=None, derandomize=True,
+@settings(max_examples=40, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 async def test_the_router_process_keeps_serving_whatever_it_is_sent(process, http: aiohttp.ClientSession,
