@@ -7,6 +7,9 @@
 - Headers are built from the provider's config only: Bearer key from its env
   var, extra headers, `X-Request-ID`. Nothing the client sent (its credentials,
   cookies, hop-by-hop headers) is ever forwarded. Redirects are not followed.
+- What a provider sends back is scrubbed of our key (and of custom header values):
+  a provider that echoes them in an error message, a body or a stream event gets
+  them replaced by `[redacted]`, so they cannot travel on to a caller or a log.
 - aiohttp exceptions are translated into `transport_errors` here and nowhere else.
 """
 
@@ -34,6 +37,10 @@ from router.transport_errors import (
 )
 
 USER_AGENT = f"llm-router/{_version}"
+REDACTED = b"[redacted]"
+# Shorter header values are not scrubbed: replacing a 2-character value everywhere would mangle
+# answers, and keys are far longer.
+MIN_SECRET_BYTES = 8
 _READ_ERRORS = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError)
 
 
@@ -70,12 +77,13 @@ def _cap(configured: float, deadline: float, now: float) -> tuple[float, bool]:
 
 
 class _HttpReply:
-    __slots__ = ("_body", "_clock", "_closed", "_deadline", "_idle_s", "_release", "_response", "headers",
-                 "status")
+    __slots__ = ("_body", "_clock", "_closed", "_deadline", "_idle_s", "_release", "_response", "_secrets",
+                 "headers", "status")
 
     def __init__(self, response: aiohttp.ClientResponse, outgoing: Outgoing, clock: Clock,
-                 release: asyncio.Semaphore, body: bytes | None = None) -> None:
+                 release: asyncio.Semaphore, body: bytes | None = None, secrets: tuple[bytes, ...] = ()) -> None:
         self._response = response
+        self._secrets = secrets
         self._body = body  # already read by send() for non-streamed requests
         self.status = response.status
         self.headers: Mapping[str, str] = response.headers
@@ -106,7 +114,7 @@ class _HttpReply:
         limit, bound = _cap(self._idle_s, self._deadline, self._clock.monotonic())
         try:
             async with asyncio.timeout(limit):
-                return await self._response.read()
+                return _scrub(await self._response.read(), self._secrets)
         except TimeoutError:
             raise IdleTimeout(f"body not complete within {limit:.3g}s", deadline_bound=bound) from None
         except _READ_ERRORS as exc:
@@ -116,9 +124,12 @@ class _HttpReply:
 
     async def events(self) -> AsyncIterator[SseEvent]:
         parser = SseParser()
+        secrets = self._secrets
         try:
             while chunk := await self._read_chunk():
                 for event in parser.feed(chunk):
+                    if secrets and any(secret in event.raw for secret in secrets):
+                        event = _scrub_event(event, secrets)
                     yield event
             if parser.finish():
                 raise BodyCut("stream ended inside an event")
@@ -146,15 +157,20 @@ class _Endpoint:
     headers: dict[str, str]
     url: URL
     connect_timeout: aiohttp.ClientTimeout
+    secrets: tuple[bytes, ...]  # scrubbed from what the provider sends back
 
     @classmethod
     def build(cls, provider: Provider, slot: asyncio.Semaphore | None = None) -> _Endpoint:
         headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, **provider.headers}
         if provider.api_key:
             headers["Authorization"] = f"Bearer {provider.api_key}"
+        secrets = (provider.api_key or "", *provider.headers.values())
         return cls(provider=provider, slot=slot or asyncio.Semaphore(provider.max_connections), headers=headers,
                    url=URL(provider.chat_url),
-                   connect_timeout=aiohttp.ClientTimeout(total=None, sock_connect=provider.timeouts.connect_s))
+                   connect_timeout=aiohttp.ClientTimeout(total=None, sock_connect=provider.timeouts.connect_s),
+                   # Longest first, so a secret that contains another is replaced whole.
+                   secrets=tuple(sorted({value.encode() for value in secrets
+                                         if len(value.encode()) >= MIN_SECRET_BYTES}, key=len, reverse=True)))
 
 
 class HttpTransport:
@@ -233,7 +249,7 @@ class HttpTransport:
                     idle_s, idle_bound = _cap(timeouts.idle_s, outgoing.deadline, self._clock.monotonic())
                     window.reschedule(asyncio.get_running_loop().time() + idle_s)
                     reading = True
-                    body = await response.read()
+                    body = _scrub(await response.read(), endpoint.secrets)
         except BaseException as exc:
             slot.release()
             if response is not None:
@@ -245,13 +261,27 @@ class HttpTransport:
             raise _translate(exc, window_expired=window.expired(),
                              connect_bound=connect_bound, first_bound=first_bound,
                              first_byte_s=first_byte_s) from None
-        return _HttpReply(response, outgoing, self._clock, slot, body)
+        return _HttpReply(response, outgoing, self._clock, slot, body, endpoint.secrets)
 
     async def aclose(self) -> None:
         self._closed = True
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _scrub(data: bytes, secrets: tuple[bytes, ...]) -> bytes:
+    for secret in secrets:
+        if secret in data:
+            data = data.replace(secret, REDACTED)
+    return data
+
+
+def _scrub_event(event: SseEvent, secrets: tuple[bytes, ...]) -> SseEvent:
+    data = event.data
+    for secret in secrets:
+        data = data.replace(secret.decode("utf-8", "replace"), REDACTED.decode())
+    return SseEvent(raw=_scrub(event.raw, secrets), data=data, event=event.event, id=event.id)
 
 
 def _translate(exc: BaseException, *, window_expired: bool, connect_bound: bool, first_bound: bool,

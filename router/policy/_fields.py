@@ -207,8 +207,9 @@ def choice(value: object, path: str, options: Sequence[str]) -> str:
 def env_name(value: object, path: str) -> str:
     name = string(value, path)
     if not _ENV_NAME.fullmatch(name):
-        raise Invalid(f"must be an environment variable name (letters, digits, _), got {describe(name)}",
-                      path)
+        # Not echoed: what lands here instead of a variable name is often the key itself.
+        raise Invalid("must be an environment variable name (letters, digits, _) such as AIMO_API_KEY, not "
+                      "the key itself; the value is not shown in case it is one", path)
     return name
 
 

@@ -82,7 +82,9 @@ def read_yaml(text: str) -> Any:
     except (ValueError, TypeError, LookupError, AttributeError, OverflowError) as error:
         # SafeLoader's scalar constructors are not hardened: `2024-13-45` raises ValueError,
         # `!!int ""` IndexError, `!!bool maybe` KeyError, `!!timestamp x` AttributeError.
-        raise Invalid(f"invalid YAML value ({type(error).__name__}: {error})", "") from None
+        # PyYAML's messages quote the value (`invalid literal for int(): '...'`), which may be a secret.
+        raise Invalid(f"invalid YAML value ({type(error).__name__}): a date or an explicitly tagged value "
+                      "(`!!int`, `!!float`, `!!bool`, `!!timestamp`, ...) that does not parse", "") from None
     except RecursionError:
         raise Invalid("invalid YAML: nested too deeply", "") from None
 

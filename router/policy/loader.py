@@ -16,13 +16,16 @@ Secrets never appear in messages: only the *name* of a missing variable does.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 from router.errors import PolicyError
 from router.policy import _fields as f
@@ -279,8 +282,14 @@ class _Builder:
             "max_connections": f.at_least_one,
             "supports_prefill": f.boolean,
             "mock": f.optional(_mock),
+            "allow_link_local": f.boolean,
         }
         given = f.fields(f.mapping(value, path), path, parsers, required=("base_url",))
+        if not given.get("allow_link_local", False):
+            problem = _link_local_problem(given["base_url"])
+            if problem is not None:
+                raise Invalid(f"{problem}; set `allow_link_local: true` on this provider if that is really "
+                              "where it is", f.join(path, "base_url"))
         if given.get("mock") is not None and not f.is_loopback_url(given["base_url"]):
             # A mock must never impersonate a real provider on the network.
             raise Invalid("only a loopback base_url (127.0.0.1, ::1, localhost) may be mocked",
@@ -308,6 +317,42 @@ class _Builder:
         if key_env is None and key_sha256 is None:
             raise Invalid("needs `key_env` (variable holding the key) or `key_sha256` (its digest)", path)
         return Client(key=self._secret(key_env), **given)
+
+
+# Instance-metadata services hand the machine's cloud credentials to whoever asks from it; they
+# live at link-local addresses and a few well-known names. A provider URL pointing there is a
+# mistake or an attack (server-side request forgery), unless the operator says otherwise.
+_METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.goog", "metadata", "instance-data",
+                             "instance-data.ec2.internal"})
+_METADATA_ADDRESSES = frozenset(map(ipaddress.ip_address, ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")))
+
+
+def _link_local_problem(url: str) -> str | None:
+    """Why `url` (already a valid http(s) URL) must not be a provider's, or None."""
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    if host in _METADATA_HOSTS:
+        return f"points at the cloud metadata service `{host}`"
+    address = _ip_address(host)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address in _METADATA_ADDRESSES:
+        return f"points at the cloud metadata address {address}"
+    if address is not None and address.is_link_local:
+        return f"points at the link-local address {address} (169.254.0.0/16, fe80::/10)"
+    return None
+
+
+def _ip_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a host names literally, including the legacy IPv4 spellings the C resolver
+    accepts (`2852039166`, `0251.0376.0251.0376`, `0xa9.0xfe.43518`); None for a DNS name."""
+    try:
+        return ipaddress.ip_address(host.partition("%")[0])  # an IPv6 zone id (`%eth0`) is not the address
+    except ValueError:
+        pass
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except (OSError, ValueError):  # ValueError: a NUL in the name
+        return None
 
 
 def _check_clients_distinct(clients: tuple[Client, ...], path: str) -> None:

@@ -75,6 +75,7 @@ class Provider:
     max_connections: int = 100
     supports_prefill: bool = False
     mock: MockSpec | None = None
+    allow_link_local: bool = False  # base_url may be a link-local or cloud-metadata address
 
     @property
     def chat_url(self) -> str:
@@ -156,7 +157,7 @@ class RetryBudget:
 @dataclass(frozen=True, slots=True)
 class StatePolicy:
     backend: StateBackendName = "memory"
-    url: str | None = None
+    url: str | None = field(default=None, repr=False)  # may carry a password: never printed
     key_prefix: str = "llm_router:"
     timeout_ms: int = 50
     on_error: OnStateError = "local"

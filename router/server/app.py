@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from router.metrics import CollectorRegistry, PrometheusObserver
 from router.router import Router
@@ -49,6 +49,18 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
             in_flight.discard(task)
 
 
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue` is answered as aiohttp does. Any other expectation is refused with a
+    417 in the OpenAI shape: aiohttp's own 417 is plain text and is sent before any middleware runs."""
+    if request.version != HttpVersion11:
+        return None
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return error_response(417, "only `Expect: 100-continue` is supported", code="expectation_failed")
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the interim answer is not part of the response's size
+    return None
+
+
 def create_app(router: Router, *, registry: CollectorRegistry | None = None,
                observer: PrometheusObserver | None = None, own_router: bool = True) -> web.Application:
     """Build the daemon's app around an existing Router. With `own_router`, the app closes it.
@@ -68,11 +80,11 @@ def create_app(router: Router, *, registry: CollectorRegistry | None = None,
         raise ValueError("create_app: `registry` must be the observer's registry")
     state = ServerState(router=router, keys=ClientKeys(policy), metrics=observer)
     app[STATE] = state
-    app.router.add_post("/v1/chat/completions", handlers.chat_completions)
-    app.router.add_get("/v1/models", handlers.models)
-    app.router.add_get("/healthz", handlers.healthz)
-    app.router.add_get("/readyz", handlers.readyz)
-    app.router.add_get("/metrics", handlers.metrics)
+    app.router.add_post("/v1/chat/completions", handlers.chat_completions, expect_handler=expect_continue)
+    app.router.add_get("/v1/models", handlers.models, expect_handler=expect_continue)
+    app.router.add_get("/healthz", handlers.healthz, expect_handler=expect_continue)
+    app.router.add_get("/readyz", handlers.readyz, expect_handler=expect_continue)
+    app.router.add_get("/metrics", handlers.metrics, expect_handler=expect_continue)
 
     if state.keys.open:
         log.warning("no clients configured: the daemon accepts requests without a key (dev mode)")

@@ -33,7 +33,9 @@ class ClientKeys:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return None
-        presented = hashlib.sha256(token.strip().encode()).digest()
+        # aiohttp decodes header bytes that are not UTF-8 as lone surrogates: hash them back to those bytes
+        # (a strict encode raised, and a stray byte in a key was a 500 instead of a 401).
+        presented = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
         found: str | None = None
         for digest, name in self._digests:
             if hmac.compare_digest(presented, digest) and found is None:

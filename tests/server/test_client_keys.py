@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 
 import aiohttp
 
@@ -71,6 +73,31 @@ async def test_missing_wrong_or_malformed_keys_are_401(daemon: DaemonFactory, fa
         assert response.status == 401, headers
         error = assert_openai_error(body, code="invalid_api_key")
         assert error["type"] == "authentication_error"
+    assert fake.count == 0
+
+
+async def test_a_key_with_bytes_that_are_not_utf8_is_a_401_not_a_crash(daemon: DaemonFactory, fake_provider,
+                                                                        http) -> None:
+    fake = await fake_provider("aimo")
+    server = await daemon(two_client_policy(fake))
+    port = int(server.base_url.rsplit(":", 1)[1])
+    body = json.dumps(chat_body()).encode()
+
+    for path, method in (("/v1/chat/completions", b"POST"), ("/v1/models", b"GET")):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(method + b" " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                         b"Authorization: Bearer \x80" + CLIENT_KEY.encode() + b"\xff\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() +
+                         b"\r\n\r\n" + body)
+            await writer.drain()
+            async with asyncio.timeout(5):
+                answer = await reader.read()
+        finally:
+            writer.close()
+        head, _, payload = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 401 "), answer
+        assert_openai_error(payload, code="invalid_api_key")
     assert fake.count == 0
 
 

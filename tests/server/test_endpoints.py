@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 
 import aiohttp
 from openai import AsyncOpenAI
@@ -18,6 +20,7 @@ from tests.server.helpers import (
     make_policy,
     provider_block,
     route_block,
+    simple_policy,
 )
 
 BATCH_KEY = "batch-key-0001"
@@ -127,3 +130,43 @@ async def test_metrics_answers_prometheus_text_with_build_info(daemon: DaemonFac
     for line in text.splitlines():
         if line and not line.startswith("#"):
             assert line.startswith("llm_router_"), line  # one prefix, nothing else
+
+
+async def test_an_unsupported_expect_is_refused_in_the_openai_shape(daemon: DaemonFactory, fake_provider,
+                                                                    http) -> None:
+    fake = await fake_provider("aimo")
+    server = await daemon(simple_policy(fake))
+
+    for method, path in (("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("GET", "/healthz"),
+                         ("GET", "/readyz"), ("GET", "/metrics")):
+        async with http.request(method, server.url(path), json=chat_body(), headers={"Expect": "0"}) as response:
+            body = await response.read()
+        assert response.status == 417, (path, body)
+        assert_openai_error(body, code="expectation_failed")
+    assert fake.count == 0
+
+
+async def test_expect_100_continue_still_gets_the_body_sent(daemon: DaemonFactory, fake_provider, http) -> None:
+    fake = await fake_provider("aimo")
+    server = await daemon(simple_policy(fake))
+
+    async with http.post(server.chat_url, json=chat_body(), expect100=True) as response:
+        body = await response.json()
+    assert response.status == 200 and body["choices"]
+
+    port = int(server.base_url.rsplit(":", 1)[1])
+    raw = json.dumps(chat_body()).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(raw)}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        async with asyncio.timeout(5):
+            interim = await reader.readuntil(b"\r\n\r\n")  # the body is sent only after this
+            writer.write(raw)
+            final = await reader.read()
+    finally:
+        writer.close()
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert final.startswith(b"HTTP/1.1 200 ")
+    assert fake.count == 2

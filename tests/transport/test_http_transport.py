@@ -245,6 +245,34 @@ async def test_sse_body_is_parsed_into_events(mock: compat_aioresponses,
     assert events[2].is_done
 
 
+ECHO = {"error": {"message": f"Incorrect API key provided: {KEY}; header X-Org-Token: org-token-123456",
+                  "type": "invalid_request_error", "code": None}}
+
+
+@pytest.mark.parametrize(("status", "stream"), [(400, False), (200, False), (422, True)])
+async def test_our_key_echoed_in_a_body_is_redacted(mock: compat_aioresponses, make_transport: TransportFactory,
+                                                    status: int, stream: bool) -> None:
+    prov = provider(headers={"X-Org-Token": "org-token-123456", "X-Short": "ab"})
+    mock.post(URL_, status=status, payload=ECHO)
+    body = await (await make_transport(prov).send(outgoing(prov, stream=stream))).read()
+    message = json.loads(body)["error"]["message"]  # still JSON
+    assert message == "Incorrect API key provided: [redacted]; header X-Org-Token: [redacted]"
+
+
+async def test_our_key_echoed_in_a_stream_event_is_redacted(mock: compat_aioresponses,
+                                                            make_transport: TransportFactory) -> None:
+    prov = provider()
+    clean = {"choices": [{"index": 0, "delta": {"content": "Hel"}}]}
+    mock.post(URL_, body=f"data: {json.dumps(clean)}\n\ndata: {json.dumps(ECHO)}\n\n".encode(),
+              content_type="text/event-stream")
+    reply = await make_transport(prov).send(outgoing(prov, stream=True))
+    events = [event async for event in reply.events()]
+    assert events[0].raw == f"data: {json.dumps(clean)}\n\n".encode()  # untouched
+    assert KEY not in events[1].data and KEY.encode() not in events[1].raw
+    assert json.loads(events[1].data)["error"]["message"].startswith("Incorrect API key provided: [redacted];")
+    assert events[1].raw == f"data: {events[1].data}\n\n".encode()
+
+
 async def test_stream_ending_inside_an_event_is_a_body_cut(mock: compat_aioresponses,
                                                            make_transport: TransportFactory) -> None:
     prov = provider()

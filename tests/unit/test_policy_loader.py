@@ -527,6 +527,22 @@ def test_api_key_env_must_be_a_variable_name() -> None:
     assert "must be an environment variable name" in error.problem
 
 
+@pytest.mark.parametrize("path", ["providers.aimo.api_key_env", "clients"])
+def test_a_key_pasted_where_a_variable_name_belongs_is_not_echoed(path: str) -> None:
+    pasted = "sk-proj-Zq81LmN0pQrStUvWxYz"
+    value: Any = pasted if path != "clients" else [{"name": "web", "key_env": pasted}]
+    error = problem(variant((path, value)))
+    assert error.path in ("providers.aimo.api_key_env", "clients[0].key_env")
+    assert "not the key itself" in error.problem
+    assert pasted[:8] not in str(error) and pasted[-8:] not in str(error)
+
+
+def test_a_value_under_a_yaml_tag_is_not_echoed() -> None:
+    error = problem("version: !!int sk-proj-Zq81LmN0pQrStUvWxYz\n")
+    assert "invalid YAML value (ValueError)" in str(error)
+    assert "Zq81LmN0" not in str(error)
+
+
 def test_environment_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ROUTER_TEST_AIMO_KEY", "from-os")
     text = yaml.safe_dump(variant(("providers.aimo.api_key_env", "ROUTER_TEST_AIMO_KEY")))
@@ -777,6 +793,12 @@ def test_redis_state_needs_a_redis_url() -> None:
     state = policy.state
     assert (state.backend, state.url, state.replicas) == ("redis", "rediss://cache:6380/1", 3)
     assert parse(variant(("state", {"backend": "redis", "url": "unix:///run/redis.sock"}))).state.url
+
+
+def test_a_redis_password_is_not_in_the_policy_repr() -> None:
+    policy = parse(variant(("state", {"backend": "redis", "url": "redis://:pw-Zq81LmN0pQrS@cache:6379/0"})))
+    assert policy.state.url == "redis://:pw-Zq81LmN0pQrS@cache:6379/0"
+    assert "Zq81LmN0" not in repr(policy) and "Zq81LmN0" not in repr(policy.state)
 
 
 @pytest.mark.parametrize("url", ["http://cache:6379", "redis:/cache", "redis://", "cache:6379"])
