@@ -25,7 +25,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from router.backends import ApplyHealth
 from router.clock import Clock
@@ -38,10 +38,13 @@ log = logging.getLogger("router.state")
 
 SYNC_INTERVAL_S = 0.25
 RETRY_AFTER_ERROR_S = 1.0
-_MAX_BACKGROUND_WRITES = 1000  # beyond this, Redis is too slow to keep up: drop and count
+_MAX_BACKGROUND_WRITES = 1000  # pipelines in flight; beyond this Redis cannot keep up: fail and count
 _FAILED = object()
 _WARM_CONNECTIONS = 16
 _NAME = "redis"
+# A bucket call waiting for the next pipeline: operation (for the error metric), keys, args, and the
+# future of a decision someone awaits (None for a background write).
+_Queued = tuple[str, Sequence[str], Sequence[Any], "asyncio.Future[Any] | None"]
 
 
 class RedisBackend:
@@ -66,7 +69,8 @@ class RedisBackend:
         self._down = False
         self._pending: dict[str, float] = {}
         self._wake = asyncio.Event()
-        self._writes: set[asyncio.Task[Any]] = set()
+        self._writes: set[asyncio.Task[Any]] = set()  # pipelines in flight
+        self._queue: list[_Queued] = []
         self._sync_task: asyncio.Task[None] | None = None
         self._apply: ApplyHealth | None = None
         self._closing = False
@@ -121,11 +125,14 @@ class RedisBackend:
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(operation, exc)
             return _FAILED
+        self._answered()
+        return result
+
+    def _answered(self) -> None:
         if self._down:
             self._down = False
             self._down_until = float("-inf")
             log.warning("state backend: redis answers again; limits and health are shared again")
-        return result
 
     def _failed(self, operation: str, exc: BaseException) -> None:
         self._observer.state_backend_error(_NAME, operation)
@@ -135,17 +142,74 @@ class RedisBackend:
             log.warning("state backend: redis call failed (%s: %s); on_error=%s applies until it answers",
                         operation, type(exc).__name__, self.config.on_error)
 
+    # -- bucket decisions, pipelined --------------------------------------------------------
+    # Decisions and writes made in the same event-loop turn go to Redis as one pipeline: one
+    # connection, one write, one read. redis-py costs ~120 µs of CPU per lone call, ~30-50 µs
+    # per call in a pipeline; under load most decisions share a turn with others.
+    async def decide(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """One bucket script call; its result, or `_FAILED` (Redis down, slow, or erroring)."""
+        if not self.up:
+            return _FAILED
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self._enqueue("take", keys, args, future):
+            return _FAILED
+        return await future
+
     def write_later(self, operation: str, keys: Sequence[str], args: Sequence[Any]) -> bool:
         """Fire-and-forget bucket write. False when it was not sent (Redis down or backlog full)."""
-        if not self.up:
-            return False
+        return self.up and self._enqueue(operation, keys, args, None)
+
+    def _enqueue(self, operation: str, keys: Sequence[str], args: Sequence[Any],
+                 future: asyncio.Future[Any] | None) -> bool:
         if len(self._writes) >= _MAX_BACKGROUND_WRITES:
             self._observer.state_backend_error(_NAME, operation)
             return False
-        task = asyncio.get_running_loop().create_task(self.call(operation, self.buckets, keys, args))
+        if not self._queue:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._queue.append((operation, keys, args, future))
+        return True
+
+    def _flush(self) -> None:
+        batch, self._queue = self._queue, []
+        task = asyncio.get_running_loop().create_task(self._send(batch))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
-        return True
+
+    async def _send(self, batch: list[_Queued]) -> None:
+        results: list[Any] = [_FAILED] * len(batch)
+        try:
+            async with asyncio.timeout(self._timeout):
+                results = await self._pipeline(batch)
+                if any(isinstance(r, NoScriptError) for r in results):  # Redis restarted: reload once
+                    await self._client.script_load(BUCKETS)
+                    redo = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+                    for i, result in zip(redo, await self._pipeline([batch[i] for i in redo]), strict=True):
+                        results[i] = result
+        except (RedisError, OSError, TimeoutError) as exc:
+            for operation, _, _, _ in batch[1:]:
+                self._observer.state_backend_error(_NAME, operation)
+            self._failed(batch[0][0], exc)  # counts the first, marks Redis down, logs once
+            results = [_FAILED] * len(batch)
+        else:
+            self._answered()
+        for (operation, _, _, future), result in zip(batch, results, strict=True):
+            if isinstance(result, Exception):
+                self._observer.state_backend_error(_NAME, operation)
+                result = _FAILED
+            if future is not None and not future.done():
+                future.set_result(result)
+
+    async def _pipeline(self, batch: list[_Queued]) -> list[Any]:
+        if len(batch) == 1:  # a pipeline object costs more than it saves for one call
+            _, keys, args, _ = batch[0]
+            try:
+                return [await self._client.evalsha(self.buckets.sha, len(keys), *keys, *args)]
+            except NoScriptError as exc:
+                return [exc]
+        pipe = self._client.pipeline(transaction=False)
+        for _, keys, args, _ in batch:
+            pipe.evalsha(self.buckets.sha, len(keys), *keys, *args)
+        return await pipe.execute(raise_on_error=False)
 
     # -- health ------------------------------------------------------------------------------
     def publish(self, field: str, seconds: float) -> None:
@@ -227,7 +291,7 @@ class SharedQuota:
             args: list[Any] = ["take"]
             for kind, rate in zip(self._kinds, self._rates, strict=True):
                 args += [rate.capacity, rate.per_second, 1 if kind == REQUESTS else tokens]
-            result = await backend.call("take", backend.buckets, self._keys, args)
+            result = await backend.decide(self._keys, args)
             if result is _FAILED:
                 return await self._fallback_take(tokens, max(0.0, end - clock.monotonic()))
             wait_s, _, index = (result.decode() if isinstance(result, bytes) else str(result)).partition(" ")
