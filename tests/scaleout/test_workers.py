@@ -22,7 +22,7 @@ import aiohttp
 from router.mock import FakeProvider
 from router.server.supervisor import MIN_UPTIME_S
 from tests.scaleout.conftest import RedisServer
-from tests.scaleout.test_fleet_limits import (
+from tests.scaleout.fleet import (
     RouterProcess,
     alive,
     assert_429s_carry_retry_after,
@@ -156,7 +156,7 @@ async def test_redis_state_shares_the_client_limit_between_workers(
     Measured (L=40, B=10, 4 s, 2L offered): windows [49, 40, 40, 40], total 169; by worker 86 + 83.
     """
     fake = await fake_provider("fake")
-    policy = fleet_policy(fake, limits={"requests_per_second": L, "burst": B}, state=redis_state(redis_server))
+    policy = fleet_policy(fake, limits={"requests_per_second": L, "burst": B}, state=redis_state(redis_server, WORKERS))
     async with asyncio.timeout(45), supervisor(tmp_path, policy) as (sup,), fresh_connections() as http:
         await wait_for_both_workers(http, sup)
         outcomes = await offer(http, [sup.chat_url], 2 * L, RUN_S)
