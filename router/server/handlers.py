@@ -123,9 +123,14 @@ async def _stream(request: web.Request, state: ServerState, chat: ChatRequest, c
         record.outcome = "success"
     except StreamInterrupted as exc:
         record.outcome = exc.reason  # the error event was already relayed; no [DONE]
-    except (ConnectionError, asyncio.CancelledError):
+    except asyncio.CancelledError:
         record.outcome = "cancelled"
         raise
+    except ConnectionError:
+        # The client's reset was noticed between two events: the write failed before aiohttp could
+        # cancel the handler. Same ending as that cancellation, not an internal error.
+        record.outcome = "cancelled"
+        raise asyncio.CancelledError from None
     finally:
         await stream.aclose()
         record.attempts = stream.attempts

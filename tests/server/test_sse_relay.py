@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import random
 import time
 
 import aiohttp
+from aiohttp import web
 
 from router.mock import Continue, Hang, Ok, Reset, Status, Stream
+from router.server import handlers
 from tests.server.conftest import DaemonFactory
 from tests.server.helpers import chat_body, simple_policy, sse_data, sse_text
 
@@ -248,3 +251,38 @@ async def test_a_cut_after_commit_continues_on_a_prefill_target_without_repeatin
     assert not error_events(payloads)
     prefill = backup.hits[0].json["messages"][-1]
     assert prefill["role"] == "assistant" and full.startswith(prefill["content"]) and prefill["content"]
+
+
+
+
+async def test_a_write_to_a_client_already_gone_ends_as_cancelled_not_as_an_internal_error(
+        daemon: DaemonFactory, fake_provider, http: aiohttp.ClientSession, caplog, monkeypatch) -> None:
+    # When the client's connection is lost between two events (its reset processed in the same loop
+    # iteration that brought the next upstream event), aiohttp's next write raises
+    # ClientConnectionResetError ("Cannot write to closing transport") before the handler is cancelled.
+    # The soak (tests/resilience) hit this on most mid-stream disconnects under load; the daemon logged
+    # each one as an "internal error in the router". Here the transport is aborted at that moment.
+    primary = await fake_provider("primary")
+    primary.set_default(Ok(content="0123456789" * 4, chunks=20, interval_s=0.01))
+    server = await daemon(simple_policy(primary))
+    writes = 0
+    write = handlers._SseResponse.write
+
+    async def write_after_a_reset(self: web.StreamResponse, data: bytes) -> None:
+        nonlocal writes
+        writes += 1
+        if writes == 3:
+            self._req.transport.abort()  # type: ignore[union-attr]
+        await write(self, data)
+
+    monkeypatch.setattr(handlers._SseResponse, "write", write_after_a_reset)
+    with contextlib.suppress(aiohttp.ClientError):
+        async with http.post(server.chat_url, json=chat_body(stream=True)) as response:
+            await response.read()
+
+    await primary.wait_until(lambda: primary.count == 1 and primary.hits[0].ended is not None, within_s=1.0)
+    assert primary.hits[0].disconnected  # the upstream stream was closed, not read to its end
+    errors = [record.getMessage() for record in caplog.records if record.levelname in ("ERROR", "CRITICAL")]
+    assert errors == [], errors
+    access = [json.loads(record.getMessage()) for record in caplog.records if record.name == "router.access"]
+    assert [(line["outcome"], line["status"]) for line in access] == [("cancelled", 499)]
