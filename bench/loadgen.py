@@ -76,6 +76,7 @@ class LoadConfig:
     stream_ratio: float = 0.5
     disconnect_ratio: float = 0.0  # share of requests the client abandons on purpose
     disconnect_window_s: float = 0.05  # a timed disconnect happens U(0, window) after sending
+    mid_stream_share: float = 0.5  # of the abandoned streams: walk away after 1-4 events instead of a timer
     seed: int = 0
     model: str = "chat"
     id_prefix: str = "soak"
@@ -97,7 +98,7 @@ def plan_for(config: LoadConfig, index: int) -> Plan:
     stream = rng.random() < config.stream_ratio
     if rng.random() >= config.disconnect_ratio:
         return Plan(index, stream)
-    if stream and rng.random() < 0.5:
+    if stream and rng.random() < config.mid_stream_share:
         return Plan(index, stream, disconnect_after_events=rng.randint(1, 4))
     return Plan(index, stream, disconnect_delay_s=rng.uniform(0.0, config.disconnect_window_s))
 
@@ -268,19 +269,29 @@ async def run_one(session: aiohttp.ClientSession, config: LoadConfig, plan: Plan
 @dataclass(slots=True)
 class LoadRun:
     config: LoadConfig
-    results: list[Result] = field(default_factory=list)
+    results: list[Result] = field(default_factory=list)  # empty with keep_results=False
+    tally: Counter[tuple[str, str]] = field(default_factory=Counter)  # (outcome, detail) of every request
     started: float = 0.0
     ended: float = 0.0
+    late_starts: int = 0  # open loop: requests sent more than 50 ms after their due time
+    max_start_lag: float = 0.0
 
     @property
     def duration(self) -> float:
         return self.ended - self.started
 
+    @property
+    def count(self) -> int:
+        return sum(self.tally.values())
+
     def outcomes(self) -> Counter[str]:
-        return Counter(result.outcome for result in self.results)
+        out: Counter[str] = Counter()
+        for (outcome, _), n in self.tally.items():
+            out[outcome] += n
+        return out
 
     def details(self, outcome: str) -> Counter[str]:
-        return Counter(result.detail for result in self.results if result.outcome == outcome)
+        return Counter({detail: n for (kind, detail), n in self.tally.items() if kind == outcome})
 
     def between(self, start: float, end: float) -> list[Result]:
         """Requests sent in [start, end) (time.monotonic())."""
@@ -293,9 +304,12 @@ def new_session(concurrency: int) -> aiohttp.ClientSession:
 
 
 async def run_load(config: LoadConfig, *, stop: asyncio.Event | None = None,
-                   on_result: Callable[[Result], None] | None = None) -> LoadRun:
+                   on_result: Callable[[Result], None] | None = None, keep_results: bool = True) -> LoadRun:
     """Send requests until `config.requests` were sent, `config.duration_s` passed or `stop` is set,
-    then wait for the ones in flight (each bounded by `config.timeout_s`)."""
+    then wait for the ones in flight (each bounded by `config.timeout_s`).
+
+    `keep_results=False` keeps only the tally: a long run then holds no per-request objects, whose
+    garbage collection would pause this process and turn an open-loop load into bursts."""
     run = LoadRun(config)
     stop = stop or asyncio.Event()
     run.started = time.monotonic()
@@ -306,7 +320,9 @@ async def run_load(config: LoadConfig, *, stop: asyncio.Event | None = None,
         return not stop.is_set() and time.monotonic() < until
 
     def record(result: Result) -> None:
-        run.results.append(result)
+        run.tally[(result.outcome, result.detail)] += 1
+        if keep_results:
+            run.results.append(result)
         if on_result is not None:
             on_result(result)
 
@@ -338,6 +354,9 @@ async def run_load(config: LoadConfig, *, stop: asyncio.Event | None = None,
                 if not keep_going():
                     break
                 await slots.acquire()
+                lag = time.monotonic() - due
+                run.max_start_lag = max(run.max_start_lag, lag)
+                run.late_starts += lag > 0.05
                 task = asyncio.create_task(one(plan_for(config, index)))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)

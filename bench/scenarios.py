@@ -42,6 +42,7 @@ from bench.loadgen import (
     slope,
 )
 from bench.soak_env import FAULT_MIX, DaemonProcess, SoakProviders, failing_rate, soak_policy
+from router.mock import Hit
 
 SOAK_BUDGET = {"percent": 50.0, "min_per_second": 5.0, "window_s": 10.0}
 # 5% + 1/s: at 200 requests/s an outage adds at most 5.5% upstream attempts (the issue allows 10%).
@@ -79,7 +80,7 @@ def independent_model(p: float, m: int) -> tuple[float, float]:
     return (1 - p ** m) / (1 - p), 1 - p ** m
 
 
-async def _settled_access_log(daemon: DaemonProcess, at_least: int, within_s: float = 5.0) -> list[dict[str, Any]]:
+async def settled_access_log(daemon: DaemonProcess, at_least: int, within_s: float = 5.0) -> list[dict[str, Any]]:
     """The access log once it has `at_least` lines and stopped growing for 0.3 s."""
     deadline = time.monotonic() + within_s
     lines = daemon.access_log()
@@ -92,6 +93,40 @@ async def _settled_access_log(daemon: DaemonProcess, at_least: int, within_s: fl
         elif len(lines) >= at_least and time.monotonic() - stable_since >= 0.3:
             break
     return lines
+
+
+@dataclass
+class DisconnectEffects:
+    disconnects: int  # requests the client abandoned
+    close_delays: list[float]  # every attempt open at or after that moment: seconds from it to the close
+    first_after: list[float]  # first attempts that started after their client had gone: how long after
+    late_attempts: list[float]  # retries or failovers that started after their client had gone: how long after
+    unclosed: list[str]  # request ids with an attempt still open when checked
+
+
+def disconnect_effects(results: list[Result], watched: Mapping[str, list[Hit]]) -> DisconnectEffects:
+    """What the providers saw of the requests the client abandoned (their hits, by request id).
+
+    A first attempt may start after the client left when the daemon reads the request only after
+    the client closed (a busy daemon reads the request, then the close); a retry or a failover
+    starting after the client left is an attempt the router should not have made, unless it had
+    not read the close yet either (so the test keeps the daemon far from saturation)."""
+    effects = DisconnectEffects(0, [], [], [], [])
+    for r in results:
+        if r.disconnected_at is None:
+            continue
+        effects.disconnects += 1
+        hits = sorted(watched.get(r.request_id, ()), key=lambda hit: hit.started)
+        for index, hit in enumerate(hits):
+            if hit.ended is not None and hit.ended <= r.disconnected_at:
+                continue  # over before the client left
+            if hit.ended is None:
+                effects.unclosed.append(r.request_id)
+                continue
+            effects.close_delays.append(hit.ended - r.disconnected_at)
+            if hit.started > r.disconnected_at:
+                (effects.late_attempts if index else effects.first_after).append(hit.started - r.disconnected_at)
+    return effects
 
 
 # -- 1. the soak ------------------------------------------------------------------------------------
@@ -126,10 +161,12 @@ class SoakReport:
     mismatches: list[str]  # client vs access-log disagreements (must be empty)
     disconnects: int  # requests the client abandoned
     close_delays: list[float]  # upstream attempt in flight at a disconnect: seconds until closed
-    late_attempts: list[float]  # attempts started after their client had gone: seconds after
+    first_after: list[float]  # first attempts started after their client had gone: seconds after
+    late_attempts: list[float]  # retries/failovers started after their client had gone: seconds after
     unclosed: list[str]  # in-flight attempts still open when checked
     daemon_errors: list[str]
     restarts: int
+    faults_drawn: Counter[str]
     latencies: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
@@ -147,11 +184,14 @@ class SoakReport:
             f"  attempts {self.attempts:.0f} by outcome {self.attempts_by_outcome}",
             f"  fake hits {self.fake_hits}; access lines {self.access_lines}; /metrics requests "
             f"{self.daemon_requests:.0f}; never reached the daemon {len(self.never_reached)}",
-            f"  disconnects {self.disconnects}: {len(self.close_delays)} upstream attempts in flight, closed after "
-            f"max {max(self.close_delays, default=0):.3f} s / p99 {percentile(self.close_delays, 99):.3f} s; "
-            f"late attempts {len(self.late_attempts)}",
+            f"  disconnects {self.disconnects}: {len(self.close_delays)} upstream attempts open then or later, closed "
+            f"after max {max(self.close_delays, default=0) * 1000:.1f} ms / p99 "
+            f"{percentile(self.close_delays, 99) * 1000:.1f} ms; first attempts read after the client left "
+            f"{len(self.first_after)} (max {max(self.first_after, default=0) * 1000:.1f} ms after); retries or "
+            f"failovers after it {len(self.late_attempts)} (max {max(self.late_attempts, default=0) * 1000:.1f} ms)",
             f"  latency p50 {self.latencies.get('p50', 0):.3f} s p99 {self.latencies.get('p99', 0):.3f} s "
             f"max {self.latencies.get('max', 0):.3f} s",
+            f"  faults drawn at the providers {dict(self.faults_drawn.most_common())}",
             f"  daemon error lines {len(self.daemon_errors)}",
         ]
         return "\n".join(out)
@@ -181,7 +221,7 @@ async def run_soak(*, requests: int, workdir: Path, concurrency: int = 128, max_
             await asyncio.sleep(1.1)  # an upstream attempt must close within 1 s of its client leaving
             providers.scan()
             not_cancelled = sum(1 for r in run.results if r.outcome != CANCELLED)
-            lines = await _settled_access_log(daemon, not_cancelled)
+            lines = await settled_access_log(daemon, not_cancelled)
             async with aiohttp.ClientSession() as session:
                 metrics = await daemon.metrics(session)
             stderr = daemon.stderr()
@@ -230,22 +270,7 @@ def _soak_report(run: LoadRun, providers: SoakProviders, lines: list[dict[str, A
             mismatches.append(f"{r.request_id}: x-router-attempts {r.attempts}, {line['attempts']} logged")
     never_reached_with_hits = [rid for rid in never_reached if providers.watched.get(rid)]
 
-    close_delays: list[float] = []
-    late: list[float] = []
-    unclosed: list[str] = []
-    disconnects = 0
-    for r in results:
-        if r.disconnected_at is None:
-            continue
-        disconnects += 1
-        for hit in providers.watched.get(r.request_id, ()):
-            if hit.started > r.disconnected_at:
-                late.append(hit.started - r.disconnected_at)
-            elif hit.ended is None:
-                unclosed.append(r.request_id)
-            elif hit.ended > r.disconnected_at:
-                close_delays.append(hit.ended - r.disconnected_at)
-
+    effects = disconnect_effects(results, providers.watched)
     latencies = [r.latency for r in results if r.outcome != CANCELLED]
     access_by_outcome = Counter(str(line["outcome"]) for line in lines)
     return SoakReport(
@@ -264,8 +289,9 @@ def _soak_report(run: LoadRun, providers: SoakProviders, lines: list[dict[str, A
         histogram_count=metrics.get("llm_router_request_duration_seconds_count"),
         in_flight_after=metrics.get("llm_router_requests_in_flight"),
         never_reached=never_reached, never_reached_with_hits=never_reached_with_hits, mismatches=mismatches,
-        disconnects=disconnects, close_delays=close_delays, late_attempts=late, unclosed=unclosed,
-        daemon_errors=daemon_errors(stderr), restarts=providers.restarts,
+        disconnects=effects.disconnects, close_delays=effects.close_delays, first_after=effects.first_after,
+        late_attempts=effects.late_attempts, unclosed=effects.unclosed,
+        daemon_errors=daemon_errors(stderr), restarts=providers.restarts, faults_drawn=providers.faults_drawn(),
         latencies={"p50": percentile(latencies, 50), "p99": percentile(latencies, 99),
                    "max": max(latencies, default=0.0)})
 
@@ -351,18 +377,11 @@ async def run_one_down(*, outage_s: float, workdir: Path, rate: float = 200.0, b
         extra_attempts=_extra(during), extra_attempts_metrics=(a1 - a0 - (n1 - n0)) / max(n1 - n0, 1),
         anomalies=sum(1 for r in during if r.outcome == "anomaly"),
         errors=Counter(r.detail for r in during if r.outcome == ERROR),
-        recovery_s=min(back, default=None), late_starts=_late_starts(run))
+        recovery_s=min(back, default=None), late_starts=run.late_starts)
 
 
 def _ratio(results: list[Result], outcome: str) -> float:
     return sum(1 for r in results if r.outcome == outcome) / max(len(results), 1)
-
-
-def _late_starts(run: LoadRun) -> int:
-    rate = run.config.rate
-    if not rate:
-        return 0
-    return sum(1 for r in run.results if r.started - (run.started + r.index / rate) > 0.05)
 
 
 async def _attempts_and_requests(daemon: DaemonProcess, session: aiohttp.ClientSession) -> tuple[float, float]:
@@ -468,7 +487,7 @@ async def run_all_down(*, down_s: float, workdir: Path, rate: float = 200.0, bef
         cpu_halves=(sum(cpu[:half]) / max(half, 1), sum(cpu[half:]) / max(len(cpu) - half, 1)),
         rss_growth=settled[-1].rss_bytes / settled[0].rss_bytes - 1,
         rss_slope_kb_s=slope([s.t for s in settled], [s.rss_bytes / 1024 for s in settled]),
-        late_starts=_late_starts(run))
+        late_starts=run.late_starts)
 
 
 # -- 4. leaks ----------------------------------------------------------------------------------------
@@ -493,7 +512,9 @@ class LeakReport:
     settled_after_s: float | None  # after the load: tasks, sockets and fds back to baseline (None: not within)
     after: ProcSample
     after_tasks: int
-    rss_series: list[tuple[float, float]]  # (seconds since load start, MB)
+    rss_series: list[tuple[float, float, int]]  # (seconds since load start, MB, daemon tasks)
+    late_starts: int  # requests sent over 50 ms after their due time: the load was not steady then
+    max_start_lag: float
 
     def summary(self) -> str:
         settled = f"{self.settled_after_s:.1f} s" if self.settled_after_s is not None else "NOT within the limit"
@@ -506,7 +527,8 @@ class LeakReport:
             f"  tasks {self.baseline_tasks} -> peak {self.peak_tasks} -> {self.after_tasks}; sockets "
             f"{self.baseline.sockets} -> {self.peak.sockets} -> {self.after.sockets}; fds {self.baseline.fds} -> "
             f"{self.peak.fds} -> {self.after.fds}; threads {self.baseline.threads} -> {self.after.threads}",
-            f"  back to baseline {settled} after the load stopped",
+            f"  back to baseline {settled} after the load stopped; requests sent late {self.late_starts} "
+            f"(max lag {self.max_start_lag * 1000:.0f} ms)",
         ])
 
 
@@ -528,14 +550,15 @@ async def run_leak(*, load_s: float, workdir: Path, rate: float = 300.0, warmup_
             async def sample() -> None:
                 while not stop.is_set():
                     with contextlib.suppress(OSError):
-                        samples.append(proc_sample(daemon.pid))
+                        sampled = proc_sample(daemon.pid)
                         tasks_seen.append(await daemon.task_count())
+                        samples.append(sampled)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), sample_every_s)
 
             sampler = asyncio.create_task(sample())
             try:
-                run = await run_load(config)
+                run = await run_load(config, keep_results=False)
             finally:
                 stop.set()
                 await sampler
@@ -551,15 +574,16 @@ async def run_leak(*, load_s: float, workdir: Path, rate: float = 300.0, warmup_
                 await asyncio.sleep(0.5)
                 after, after_tasks = proc_sample(daemon.pid), await daemon.task_count()
     start = run.started
-    series = [(s.t - start, s.rss_bytes / 2**20) for s in samples]
-    post = [(t, mb) for t, mb in series if t >= warmup]
+    series = [(s.t - start, s.rss_bytes / 2**20, tasks) for s, tasks in zip(samples, tasks_seen, strict=False)]
+    post = [(t, mb) for t, mb, _ in series if t >= warmup]
     count = max(3, len(post) // 10)
     warm = sorted(mb for _, mb in post[:count])[len(post[:count]) // 2] if post else math.nan
     end = sorted(mb for _, mb in post[-count:])[len(post[-count:]) // 2] if post else math.nan
     rss_slope = slope([t for t, _ in post], [mb * 1024 for _, mb in post])  # KB/s
     peak_index = max(range(len(samples)), key=lambda i: samples[i].fds) if samples else 0
     return LeakReport(
-        load_s=load_s, warmup_s=warmup, rate=rate, requests=len(run.results), outcomes=run.outcomes(),
+        load_s=load_s, warmup_s=warmup, rate=rate, requests=run.count, outcomes=run.outcomes(),
+        late_starts=run.late_starts, max_start_lag=run.max_start_lag,
         baseline=baseline, baseline_tasks=baseline_tasks, peak=samples[peak_index] if samples else baseline,
         peak_tasks=max(tasks_seen, default=baseline_tasks), rss_warm_mb=warm, rss_end_mb=end,
         rss_growth=end / warm - 1, rss_slope_kb_min=rss_slope * 60,

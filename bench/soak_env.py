@@ -22,6 +22,7 @@ import signal
 import socket
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,9 @@ class SoakFaults(RandomFaults):
     mix: Mapping[str, float] = field(default_factory=dict)
     chunks: int = 6
     interval_s: float = 0.002
+    delay_s: float = 0.0  # before every normal answer (headers included)
+    _draws: random.Random = field(init=False, repr=False, compare=False)
+    drawn: Counter[str] = field(init=False, repr=False, compare=False)  # kind -> times drawn ("ok": none)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -112,18 +116,21 @@ class SoakFaults(RandomFaults):
         if sum(self.mix.values()) > 1.0:
             raise ValueError("SoakFaults: rates sum to more than 1")
         object.__setattr__(self, "_draws", random.Random(self.seed))
+        object.__setattr__(self, "drawn", Counter())
 
     def pick(self, request: RequestView) -> Fault:
         full = answer_for(_last_user_text(request))
         prefill = request.prefill
         content = full[len(prefill):] if prefill is not None and full.startswith(prefill) else full
-        base = Ok(content=content, chunks=self.chunks, interval_s=self.interval_s)
-        draws: random.Random = self._draws  # type: ignore[attr-defined]
+        base = Ok(content=content, chunks=self.chunks, interval_s=self.interval_s, delay_s=self.delay_s)
+        draws, drawn = self._draws, self.drawn
         draw = draws.random()
         for kind, rate in self.mix.items():
             if draw < rate:
+                drawn[kind] += 1
                 return self._fault(kind, request.stream, base, content, draws)
             draw -= rate
+        drawn["ok"] += 1
         return base
 
     def _fault(self, kind: str, stream: bool, base: Ok, content: str, draws: random.Random) -> Fault:
@@ -182,7 +189,7 @@ class SoakProviders:
     """The three fake providers. Keeps only recent hits, plus every hit of a watched request id."""
 
     def __init__(self, names: Sequence[str] = PROVIDERS, *, mix: Mapping[str, float] | None = None,
-                 seed: int = 0, max_hits: int = 20_000) -> None:
+                 seed: int = 0, max_hits: int = 2_000) -> None:
         self.names = tuple(names)
         self.mix = dict(FAULT_MIX if mix is None else mix)
         self.fakes: dict[str, FakeProvider] = {}
@@ -220,14 +227,27 @@ class SoakProviders:
     def base_urls(self) -> dict[str, str]:
         return {name: f"http://127.0.0.1:{port}/v1" for name, port in self.ports.items()}
 
-    def set_mix(self, mix: Mapping[str, float]) -> None:
-        self.mix = dict(mix)
-        for index, fake in enumerate(self.fakes.values()):
-            fake.set_default(self.faults(self._seed * 10 + index + 100))
+    def set_faults(self, name: str, mix: Mapping[str, float], **options: Any) -> None:
+        """Give one provider its own fault mix, and SoakFaults options (chunks, interval_s, delay_s)."""
+        seed = self._seed * 10 + self.names.index(name) + 100
+        self.fakes[name].set_default(SoakFaults(rates={}, mix=dict(mix), seed=seed, **options))
+
+    def faults_drawn(self) -> Counter[str]:
+        """Fault kinds the providers drew so far, over all of them ("ok": no fault)."""
+        total: Counter[str] = Counter()
+        for fake in self.fakes.values():
+            if isinstance(fake.default, SoakFaults):
+                total.update(fake.default.drawn)
+        return total
 
     @property
     def total_hits(self) -> int:
         return sum(fake.total_hits for fake in self.fakes.values())
+
+    def provider_of(self, hit: Hit) -> str:
+        """Which provider saw `hit` (from the port in its Host header)."""
+        port = int(hit.headers_ci.get("Host", ":0").rsplit(":", 1)[1])
+        return next(name for name, known in self.ports.items() if known == port)
 
     # -- watching request ids --------------------------------------------------------------------
     def watch(self, request_ids: Iterable[str]) -> None:
@@ -283,8 +303,9 @@ def soak_policy(base_urls: Mapping[str, str], *, prefill: Sequence[str] = PREFIL
                 max_attempts: int = 3, budget: Mapping[str, float] | None = None, deadline_s: float = 5.0,
                 breaker: Mapping[str, float] | None = None, drain_s: float = 5.0,
                 timeouts: Mapping[str, float] | None = None, ttft_s: float | None = TTFT_S,
-                extra_routes: Mapping[str, Any] | None = None) -> str:
-    """All providers in one tier (equal weights), one route `chat`."""
+                retry: Mapping[str, float] | None = None, priorities: Mapping[str, int] | None = None,
+                weights: Mapping[str, float] | None = None, extra_routes: Mapping[str, Any] | None = None) -> str:
+    """One route `chat` over the providers: one tier with equal weights unless `priorities`/`weights` say."""
     providers = {
         name: {
             "base_url": url,
@@ -292,10 +313,12 @@ def soak_policy(base_urls: Mapping[str, str], *, prefill: Sequence[str] = PREFIL
             "breaker": {"consecutive_failures": 5, "base_ejection_s": 1.0, "max_ejection_s": 5.0, **(breaker or {})},
             "supports_prefill": name in prefill,
         } for name, url in base_urls.items()}
+    targets = [{"provider": name, "model": f"{name}-model", "priority": (priorities or {}).get(name, 0),
+                "weight": (weights or {}).get(name, 1.0)} for name in base_urls]
     route: dict[str, Any] = {
-        "targets": [{"provider": name, "model": f"{name}-model"} for name in base_urls],
+        "targets": targets,
         "retry": {"max_attempts": max_attempts, "max_attempts_per_target": 2, "base_interval_s": 0.01,
-                  "max_interval_s": 0.1, "wait_for_preferred_s": 0.2},
+                  "max_interval_s": 0.1, "wait_for_preferred_s": 0.2, **(retry or {})},
         "deadline_s": deadline_s,
     }
     if ttft_s is not None:
