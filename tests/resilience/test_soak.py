@@ -57,8 +57,10 @@ async def test_twenty_thousand_requests_under_mixed_faults_each_end_in_exactly_o
     assert report.attempts - report.fake_hits <= unseen
 
     # A client that walks away: every upstream attempt of its request open then, or opened by a daemon that
-    # had not read the close yet (at this load it lags by up to ~0.1 s), is closed within 1 s.
-    # test_deadlines_and_disconnects.py checks, at a load that leaves the daemon no lag, that no retry
-    # or failover follows a disconnect.
+    # had not read the close yet, is closed within 1 s. At this load the daemon reads its sockets late
+    # (it starts first attempts of requests whose client had already left up to ~0.1 s after): a retry or
+    # failover may start after a client left only within that lag. test_deadlines_and_disconnects.py
+    # checks, at a load that leaves the daemon no lag, that none starts after 10 ms.
     assert report.unclosed == []
     assert max(report.close_delays, default=0.0) < 1.0
+    assert max(report.late_attempts, default=0.0) <= max(0.010, *report.first_after)
