@@ -34,6 +34,9 @@ from router.transport_errors import (
 )
 
 USER_AGENT = f"llm-router/{_version}"
+# aiohttp closes idle pooled connections on a sweep that runs every keepalive_timeout, so one lives
+# between 1x and 2x this (+1 s rounding) after its last use: 20 s keeps that under a minute.
+KEEPALIVE_S = 20.0
 _READ_ERRORS = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError)
 
 
@@ -182,7 +185,7 @@ class HttpTransport:
             # next attempt, keep sending after close and leak that session (unclosed connector).
             raise RouterError("router is closed")
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30,
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=KEEPALIVE_S,
                                              ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
                                                   timeout=aiohttp.ClientTimeout(total=None))
