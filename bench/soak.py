@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -123,7 +124,11 @@ def _first(value: Any) -> float:
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    out: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "args": vars(args)}
+    main = asyncio.current_task()
+    if main is not None:  # SIGTERM: unwind, so the daemon subprocess and the fake providers are stopped too
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+    out: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                           "args": {k: str(v) for k, v in vars(args).items()}}
     ok = True
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         work = Path(tmp)
@@ -168,7 +173,11 @@ def main() -> int:
     args = parser.parse_args()
     if not (args.soak or args.outage or args.leak or args.all):
         parser.error("choose --soak, --outage, --leak or --all")
-    return asyncio.run(main_async(args))
+    try:
+        return asyncio.run(main_async(args))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("interrupted; the daemon and the fake providers were stopped", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
