@@ -312,8 +312,26 @@ class Engine:
         if give_up.reason == "deadline" or verdict.reason in _TIMEOUT_REASONS:
             return UpstreamError(_summary("no provider answered in time", verdict, provider), status=504,
                                  attempts=attempts, provider=provider, reason=str(verdict.reason))
+        down_for = self._route_down_for(call)
+        if down_for is not None:  # not one bad answer: every target is ejected, the route is down for now
+            return NoTargetAvailable(_summary("every target of this route is ejected", verdict, provider),
+                                     attempts=attempts, retry_after=down_for)
         return UpstreamError(_summary(f"all {attempts} upstream attempts failed", verdict, provider),
                              status=502, attempts=attempts, provider=provider, reason=str(verdict.reason))
+
+
+    def _route_down_for(self, call: Call) -> float | None:
+        """Seconds until a target of the route is admitted again if every target's breaker is open, else None."""
+        now = self.clock.monotonic()
+        state = call.snapshot.state
+        until: list[float] = []
+        for tier in call.snapshot.tiers[call.route.name]:
+            for target in tier:
+                breaker = state.breaker(target)
+                if breaker.available(now) or breaker.open_until is None:
+                    return None
+                until.append(breaker.open_until)
+        return max(min(until) - now, 0.0)
 
 
 async def _step(call: Call, attempt: Callable[[Call, Go], Awaitable[T]]) -> T:

@@ -41,6 +41,9 @@ REDACTED = b"[redacted]"
 # Shorter header values are not scrubbed: replacing a 2-character value everywhere would mangle
 # answers, and keys are far longer.
 MIN_SECRET_BYTES = 8
+# aiohttp closes idle pooled connections on a sweep that runs every keepalive_timeout, so one lives
+# between 1x and 2x this (+1 s rounding) after its last use: 20 s keeps that under a minute.
+KEEPALIVE_S = 20.0
 _READ_ERRORS = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError)
 
 
@@ -198,7 +201,7 @@ class HttpTransport:
             # next attempt, keep sending after close and leak that session (unclosed connector).
             raise RouterError("router is closed")
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30,
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=KEEPALIVE_S,
                                              ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
                                                   timeout=aiohttp.ClientTimeout(total=None))

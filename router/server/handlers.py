@@ -33,7 +33,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     try:
         response = await _chat(request, state, record, started)
     except asyncio.CancelledError:
-        record.outcome, record.status = "cancelled", 499  # the client went away
+        if record.outcome != "success":  # a stream whose [DONE] was handed over stays a success
+            record.outcome, record.status = "cancelled", 499  # the client went away
         raise
     finally:
         record.latency_ms = round((time.monotonic() - started) * 1000, 3)
@@ -116,17 +117,26 @@ async def _stream(request: web.Request, state: ServerState, chat: ChatRequest, c
     headers["x-router-attempts"] = str(stream.attempts)
     response = _SseResponse(status=200, headers=headers)
     record.status = 200
+    done = False  # the router hands over [DONE] once it has counted the request as a success
     try:
         await response.prepare(request)
         record.ttfb_ms = round((time.monotonic() - started) * 1000, 3)
         async for event in stream:
+            done = event.is_done
             await response.write(event.raw)
         record.outcome = "success"
     except StreamInterrupted as exc:
         record.outcome = exc.reason  # the error event was already relayed; no [DONE]
-    except (ConnectionError, asyncio.CancelledError):
-        record.outcome = "cancelled"
+    except asyncio.CancelledError:
+        # Gone before [DONE]: cancelled. Gone while [DONE] was written: the answer was complete and is
+        # counted as a success in /metrics, so the access line says so too (as for a JSON answer).
+        record.outcome = "success" if done else "cancelled"
         raise
+    except ConnectionError:
+        # The client's reset was noticed between two events: the write failed before aiohttp could
+        # cancel the handler. Same ending as that cancellation, not an internal error.
+        record.outcome = "success" if done else "cancelled"
+        raise asyncio.CancelledError from None
     finally:
         await stream.aclose()
         record.attempts = stream.attempts

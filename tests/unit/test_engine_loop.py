@@ -456,8 +456,9 @@ async def test_route_with_every_breaker_open_still_tries_a_target() -> None:
     transport = ScriptedTransport(a=[error(500), ok()])
     retry = RetryPolicy(max_attempts_per_target=1)
     h = harness([A], transport, retry=retry, breaker=BreakerPolicy(consecutive_failures=1))
-    with pytest.raises(UpstreamError):
+    with pytest.raises(NoTargetAvailable) as caught:  # its only target is ejected now: the route is down
         await h.chat()
+    assert caught.value.status == 503 and caught.value.retry_after == pytest.approx(5.0)
     assert (await h.chat()).provider == "a"  # forced through the open breaker
 
 
