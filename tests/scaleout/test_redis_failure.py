@@ -148,8 +148,9 @@ async def test_redis_killed_mid_run_then_restarted(fake_provider: FakeProviderFa
         await asyncio.gather(*clients)
         resumed = redis_server.command("EXISTS", "fail:client:app:requests")
     assert {o for _, _, o in timeline} == {"ok"}
-    # Nobody waited for Redis longer than the timeout (plus the fake provider's answer and scheduling).
-    assert max(d for _, d, _ in timeline) <= TIMEOUT_MS / 1000 + SLACK_S
+    # Nobody waited for Redis longer than the timeout (plus the fake provider's answer and scheduling
+    # of four clients on a shared 2-core machine: hence the wider slack than for a single request).
+    assert max(d for _, d, _ in timeline) <= TIMEOUT_MS / 1000 + 4 * SLACK_S
     assert sum(observer.errors.values()) >= 1
     during = [t for t, _, _ in timeline if killed_at + 0.1 < t < restarted_at]
     assert len(during) > 20  # requests kept flowing while Redis was gone
