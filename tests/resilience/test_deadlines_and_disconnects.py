@@ -80,7 +80,8 @@ async def test_a_silent_provider_costs_one_first_byte_timeout_then_fails_over(tm
     assert set(at_alpha.values()) == {1} and len(at_alpha) == 200  # one attempt each at the silent provider
     assert set(elsewhere.values()) == {1} and len(elsewhere) == 200  # then one answer elsewhere
     assert min(latencies) >= FIRST_BYTE_S
-    assert max(latencies) <= FIRST_BYTE_S + 0.1  # one first-byte timeout, not two
+    # One first-byte timeout, not two (2 x FIRST_BYTE_S); the margin absorbs a loaded 2-core machine.
+    assert max(latencies) < 1.5 * FIRST_BYTE_S
 
 
 @pytest.mark.slow
