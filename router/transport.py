@@ -1,6 +1,8 @@
-"""HTTP to providers: one shared aiohttp session per router, per-try timeouts, no surprises.
+"""HTTP to providers: per-try timeouts, connection slots, scrubbing, no surprises.
 
-- One `ClientSession` with a keep-alive pool for the router's lifetime.
+- The bytes travel through one of two clients (transport_clients.py): the lean
+  HTTP/1.1 client by default, aiohttp's ClientSession for `http_client: aiohttp`;
+  either keeps a keep-alive pool for the router's lifetime.
 - Per try: connect (incl. waiting for a pool slot), first byte (until headers),
   idle (between body/stream reads); each capped by the request's remaining
   deadline, and a timeout that the deadline caused is marked as such.
@@ -10,7 +12,7 @@
 - What a provider sends back is scrubbed of our key (and of custom header values):
   a provider that echoes them in an error message, a body or a stream event gets
   them replaced by `[redacted]`, so they cannot travel on to a caller or a log.
-- aiohttp exceptions are translated into `transport_errors` here and nowhere else.
+- Client exceptions are translated into `transport_errors` here and nowhere else.
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
-from yarl import URL
 
-from router._version import __version__ as _version
+from router import http1
 from router.clock import Clock, SystemClock
 from router.errors import RouterError
 from router.policy.model import Provider
 from router.sse import SseEvent, SseParser
+from router.transport_clients import AiohttpClient, Body, Client, FastClient
 from router.transport_errors import (
     BodyCut,
     ConnectFailed,
@@ -36,15 +38,11 @@ from router.transport_errors import (
     IdleTimeout,
 )
 
-USER_AGENT = f"llm-router/{_version}"
 REDACTED = b"[redacted]"
 # Shorter header values are not scrubbed: replacing a 2-character value everywhere would mangle
 # answers, and keys are far longer.
 MIN_SECRET_BYTES = 8
-# aiohttp closes idle pooled connections on a sweep that runs every keepalive_timeout, so one lives
-# between 1x and 2x this (+1 s rounding) after its last use: 20 s keeps that under a minute.
-KEEPALIVE_S = 20.0
-_READ_ERRORS = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError)
+_READ_ERRORS = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError, http1.MalformedResponse)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +81,7 @@ class _HttpReply:
     __slots__ = ("_body", "_clock", "_closed", "_deadline", "_idle_s", "_release", "_response", "_secrets",
                  "headers", "status")
 
-    def __init__(self, response: aiohttp.ClientResponse, outgoing: Outgoing, clock: Clock,
+    def __init__(self, response: Body, outgoing: Outgoing, clock: Clock,
                  release: asyncio.Semaphore, body: bytes | None = None, secrets: tuple[bytes, ...] = ()) -> None:
         self._response = response
         self._secrets = secrets
@@ -100,7 +98,7 @@ class _HttpReply:
         limit, bound = _cap(self._idle_s, self._deadline, self._clock.monotonic())
         try:
             async with asyncio.timeout(limit):
-                return await self._response.content.readany()
+                return await self._response.readany()
         except TimeoutError:
             raise IdleTimeout(f"no data for {limit:.3g}s", deadline_bound=bound) from None
         except _READ_ERRORS as exc:
@@ -144,7 +142,7 @@ class _HttpReply:
             return
         self._closed = True
         # A fully read response goes back to the keep-alive pool; a partial one is closed.
-        if self._response.content.at_eof():
+        if self._response.at_eof():
             self._response.release()
         else:
             self._response.close()
@@ -153,24 +151,19 @@ class _HttpReply:
 
 @dataclass(slots=True)
 class _Endpoint:
-    """Per-provider things built once, not per request (a URL parse, a header dict, a timeout)."""
+    """Per-provider things built once, not per request (the client's request template, the secrets)."""
 
     provider: Provider
     slot: asyncio.Semaphore  # max_connections
-    headers: dict[str, str]
-    url: URL
-    connect_timeout: aiohttp.ClientTimeout
+    client: Client
+    prepared: object  # the client's request template for this provider
     secrets: tuple[bytes, ...]  # scrubbed from what the provider sends back
 
     @classmethod
-    def build(cls, provider: Provider, slot: asyncio.Semaphore | None = None) -> _Endpoint:
-        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, **provider.headers}
-        if provider.api_key:
-            headers["Authorization"] = f"Bearer {provider.api_key}"
+    def build(cls, provider: Provider, client: Client, slot: asyncio.Semaphore | None = None) -> _Endpoint:
         secrets = (provider.api_key or "", *provider.headers.values())
-        return cls(provider=provider, slot=slot or asyncio.Semaphore(provider.max_connections), headers=headers,
-                   url=URL(provider.chat_url),
-                   connect_timeout=aiohttp.ClientTimeout(total=None, sock_connect=provider.timeouts.connect_s),
+        return cls(provider=provider, slot=slot or asyncio.Semaphore(provider.max_connections), client=client,
+                   prepared=client.prepare(provider),
                    # Longest first, so a secret that contains another is replaced whole.
                    secrets=tuple(sorted({value.encode() for value in secrets
                                          if len(value.encode()) >= MIN_SECRET_BYTES}, key=len, reverse=True)))
@@ -181,7 +174,7 @@ class HttpTransport:
 
     def __init__(self, providers: Mapping[str, Provider], *, clock: Clock | None = None) -> None:
         self._clock = clock or SystemClock()
-        self._session: aiohttp.ClientSession | None = None
+        self._clients: dict[str, Client] = {"fast": FastClient(), "aiohttp": AiohttpClient()}
         self._closed = False
         self._endpoints: dict[str, _Endpoint] = {}
         self.configure(providers)
@@ -192,33 +185,26 @@ class HttpTransport:
         for name, provider in providers.items():
             kept = self._endpoints.get(name)
             same_pool = kept is not None and kept.provider.max_connections == provider.max_connections
-            endpoints[name] = _Endpoint.build(provider, kept.slot if kept and same_pool else None)
+            endpoints[name] = _Endpoint.build(provider, self._clients[provider.http_client],
+                                              kept.slot if kept and same_pool else None)
         self._endpoints = endpoints
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._closed:
-            # A request in flight when the router closed would otherwise open a fresh session for its
-            # next attempt, keep sending after close and leak that session (unclosed connector).
-            raise RouterError("router is closed")
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=KEEPALIVE_S,
-                                             ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
-                                                  timeout=aiohttp.ClientTimeout(total=None))
-        return self._session
-
     def _endpoint(self, provider: Provider) -> _Endpoint:
+        if self._closed:
+            # A request in flight when the router closed would otherwise open a fresh connection for
+            # its next attempt and keep sending after close.
+            raise RouterError("router is closed")
         endpoint = self._endpoints.get(provider.name)
         if endpoint is None or endpoint.provider is not provider:
             # A request still in flight on the snapshot before a reload may name a provider the new
             # policy removed or changed: it gets an endpoint of its own.
-            endpoint = _Endpoint.build(provider, endpoint.slot if endpoint else None)
+            endpoint = _Endpoint.build(provider, self._clients[provider.http_client],
+                                       endpoint.slot if endpoint else None)
         return endpoint
 
     async def send(self, outgoing: Outgoing) -> _HttpReply:
         provider = outgoing.provider
         timeouts = provider.timeouts
-        session = self._get_session()
         endpoint = self._endpoint(provider)
         slot = endpoint.slot
         connect_s, connect_bound = _cap(timeouts.connect_s, outgoing.deadline, self._clock.monotonic())
@@ -231,21 +217,15 @@ class HttpTransport:
                                     deadline_bound=connect_bound) from None
         else:
             await slot.acquire()
-        headers = endpoint.headers.copy()
-        headers["X-Request-ID"] = outgoing.request_id
-        if outgoing.stream:
-            headers["Accept"] = "text/event-stream"
         first_byte_s, first_bound = _cap(timeouts.first_byte_s, outgoing.deadline, self._clock.monotonic())
-        timeout = endpoint.connect_timeout if not connect_bound \
-            else aiohttp.ClientTimeout(total=None, sock_connect=max(connect_s, 1e-3))
         window = asyncio.timeout(first_byte_s)
-        response: aiohttp.ClientResponse | None = None
+        response: Body | None = None
         body: bytes | None = None
         reading = False
         try:
             async with window:
-                response = await session.post(endpoint.url, data=outgoing.body, headers=headers,
-                                              allow_redirects=False, timeout=timeout)
+                response = await endpoint.client.post(endpoint.prepared, outgoing.body, outgoing.request_id,
+                                                      outgoing.stream, max(connect_s, 1e-3))
                 if not outgoing.stream:
                     # A non-streamed body is read under the same timer, moved to the idle limit:
                     # one timer per attempt instead of two.
@@ -268,9 +248,8 @@ class HttpTransport:
 
     async def aclose(self) -> None:
         self._closed = True
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for client in self._clients.values():
+            await client.aclose()
 
 
 def _scrub(data: bytes, secrets: tuple[bytes, ...]) -> bytes:
@@ -291,15 +270,15 @@ def _translate(exc: BaseException, *, window_expired: bool, connect_bound: bool,
                first_byte_s: float) -> BaseException:
     if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
         return exc
-    if isinstance(exc, aiohttp.ConnectionTimeoutError) and not window_expired:
+    if isinstance(exc, aiohttp.ConnectionTimeoutError | http1.ConnectTimeout) and not window_expired:
         return ConnectFailed("connect timeout", deadline_bound=connect_bound)
     if isinstance(exc, TimeoutError):
         return FirstByteTimeout(f"no response headers within {first_byte_s:.3g}s", deadline_bound=first_bound)
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, aiohttp.ClientConnectorError | http1.CannotConnect):
         return ConnectFailed(f"cannot connect ({type(exc).__name__})")
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | ConnectionError):
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | OSError):
         return ConnectionLost(f"connection lost before headers ({type(exc).__name__})")
-    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
+    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError | http1.MalformedResponse):
         return ConnectionLost(f"malformed response ({type(exc).__name__})")
     if isinstance(exc, aiohttp.ClientError):
         return ConnectFailed(f"client error ({type(exc).__name__})")

@@ -262,6 +262,10 @@ class _Builder:
             raise Invalid(f"environment variable {name} is not set", path)
         if not secret:
             raise Invalid(f"environment variable {name} is not set (it is empty)", path)
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in secret):
+            # It goes into an Authorization header, where a line break would start another header.
+            raise Invalid(f"environment variable {name} contains a line break or other control character "
+                          "(the value is not shown)", path)
         return name
 
     def _secret(self, name: str | None) -> str | None:
@@ -283,6 +287,7 @@ class _Builder:
             "supports_prefill": f.boolean,
             "mock": f.optional(_mock),
             "allow_link_local": f.boolean,
+            "http_client": lambda raw, p: f.choice(raw, p, ("fast", "aiohttp")),
         }
         given = f.fields(f.mapping(value, path), path, parsers, required=("base_url",))
         if not given.get("allow_link_local", False):

@@ -1,4 +1,5 @@
-"""HttpTransport against aioresponses: what goes on the wire, and how failures are translated."""
+"""HttpTransport with `http_client: aiohttp`, against aioresponses: what goes on the wire, and how failures
+are translated. The default client (router/http1.py) is tested on real sockets in test_fast_client.py."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def provider(name: str = "aimo", base_url: str = BASE, *, api_key: str | None = 
              max_connections: int = 100) -> Provider:
     return Provider(name, base_url, api_key_env="AIMO_API_KEY", api_key=api_key,
                     headers=MappingProxyType(headers or {}), timeouts=timeouts or Timeouts(),
-                    max_connections=max_connections)
+                    max_connections=max_connections, http_client="aiohttp")
 
 
 def outgoing(prov: Provider, body: bytes = BODY, *, stream: bool = False, request_id: str = "req-1",
