@@ -8,10 +8,10 @@ Pure functions: no I/O, no clock reads (the caller passes `now_wall`).
 from __future__ import annotations
 
 import enum
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from router import jsonio
 from router.ratelimit_headers import retry_after_seconds
 from router.transport_errors import (
     BodyCut,
@@ -101,7 +101,7 @@ def error_fields(payload: object) -> tuple[str | None, str | None, str | None]:
 
 def _parse_json(body: bytes) -> object:
     try:
-        return json.loads(body) if body else None
+        return jsonio.loads(body) if body else None
     except (ValueError, RecursionError):  # absurdly nested JSON is garbage, not a crash
         return None
 

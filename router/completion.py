@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from router import jsonio
 from router.classify import classify_exception, classify_status
 from router.engine import AttemptFailed, Call, Engine, parse_json_object
 from router.planner import Go
@@ -25,14 +26,18 @@ class ChatResult:
     attempts: int
     request_id: str
     route: str
-    _data: dict[str, Any] | None = field(default=None, repr=False)
+    _payload: dict[str, Any] | None = field(default=None, repr=False)  # the router's fast parse (jsonio)
 
     @property
     def data(self) -> dict[str, Any]:
         """The body parsed as JSON (ASI1's `thought`, `executable_data`, ... included)."""
-        if self._data is not None:
-            return self._data
-        return json.loads(self.body)
+        return json.loads(self.body)  # not jsonio: every number exactly as sent, however large
+
+    @property
+    def usage(self) -> object:
+        """The body's `usage` block as the provider sent it (None when absent)."""
+        payload = self._payload if self._payload is not None else jsonio.loads(self.body)
+        return payload.get("usage") if isinstance(payload, dict) else None
 
     @property
     def text(self) -> str | None:
@@ -87,4 +92,4 @@ async def attempt_completion(engine: Engine, call: Call, go: Go) -> ChatResult:
     return ChatResult(body=body, status=reply.status,
                       content_type=reply.headers.get("Content-Type", "application/json"),
                       provider=target.provider, model=upstream_model, attempts=call.progress.attempts,
-                      request_id=call.request.request_id, route=call.route.name, _data=payload)
+                      request_id=call.request.request_id, route=call.route.name, _payload=payload)

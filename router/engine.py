@@ -22,7 +22,6 @@ delay still goes through tenacity's wait and the injected sleep.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState
 
+from router import jsonio
 from router.backends import StateBackend
 from router.backoff import full_jitter
 from router.breaker import Permit
@@ -385,7 +385,7 @@ def usage_counts(usage: object) -> tuple[int | None, int | None]:
 
 def parse_json_object(body: bytes) -> dict[str, Any] | None:
     try:
-        value = json.loads(body.decode("utf-8"))
+        value = jsonio.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return value if isinstance(value, dict) else None

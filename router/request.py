@@ -83,6 +83,8 @@ def parse_chat_request(body: bytes | Mapping[str, Any], *, request_id: str | Non
     else:
         raw = bytes(body)
         try:
+            # The standard library, not jsonio: what a client may send must not depend on orjson's limits
+            # (it accepts nesting that json and most providers refuse).
             payload = json.loads(raw.decode("utf-8"))  # RFC 8259: JSON on the wire is UTF-8
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise InvalidRequest("request body is not valid JSON") from None

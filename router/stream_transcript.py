@@ -5,9 +5,9 @@ Kept apart from the relay (streaming.py) so the commit-point logic there reads o
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from router import jsonio
 from router.sse import SseEvent
 
 
@@ -52,7 +52,7 @@ class Transcript:
 
 def payload_of(event: SseEvent) -> dict[str, Any] | None:
     try:
-        value = json.loads(event.data)
+        value = jsonio.loads(event.data)
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None

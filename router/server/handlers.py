@@ -91,7 +91,7 @@ async def _chat(request: web.Request, state: ServerState, record: AccessRecord,
         return _fail(record, _with_attempts(exc, headers), outcome_of(exc))
     record.route, record.provider, record.attempts = result.route, result.provider, result.attempts
     record.status, record.outcome = result.status, "success"
-    record.prompt_tokens, record.completion_tokens = usage_counts(result.data.get("usage"))
+    record.prompt_tokens, record.completion_tokens = usage_counts(result.usage)
     headers["x-router-provider"] = result.provider
     headers["x-router-attempts"] = str(result.attempts)
     headers["Content-Type"] = result.content_type
