@@ -163,7 +163,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=5, help="seconds per load step (default 5)")
     parser.add_argument("--connections", default="1,16,64,256")
-    parser.add_argument("--streams", type=int, default=20, help="sequential streams per side for SSE timing")
+    parser.add_argument("--streams", type=int, default=30, help="sequential streams per side for SSE timing")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     connections = [int(c) for c in args.connections.split(",")]
@@ -207,10 +207,16 @@ def main() -> int:
                 print(f"{name:7} c={conns:<4} {stats['rps']:9.0f} req/s  p50 {stats['p50_ms']:7.3f} ms  "
                       f"p99 {stats['p99_ms']:7.3f} ms  errors {stats['errors']}", flush=True)
         peak_rss = rss_mb(router.pid, "VmHWM")
-        direct_s = asyncio.run(_stream_timings(f"http://127.0.0.1:{UPSTREAM_PORT}/v1/chat/completions",
-                                               args.streams))
-        router_s = asyncio.run(_stream_timings(f"http://127.0.0.1:{ROUTER_PORT}/v1/chat/completions",
-                                               args.streams))
+        # Interleaved rounds, so a noisy moment on the shared cores hits all three sides alike.
+        streams: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in targets}
+        rounds = 3
+        for _ in range(rounds):
+            for name, port in targets.items():
+                ttfb, gaps = asyncio.run(_stream_timings(f"http://127.0.0.1:{port}/v1/chat/completions",
+                                                         max(1, args.streams // rounds)))
+                streams[name][0].extend(ttfb)
+                streams[name][1].extend(gaps)
+        direct_s, relay_s, router_s = streams["direct"], streams["relay"], streams["router"]
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -232,6 +238,9 @@ def main() -> int:
         "stream": {
             "ttfb_p50_direct_ms": statistics.median(direct_s[0]), "ttfb_p50_router_ms": statistics.median(router_s[0]),
             "ttfb_p50_added_ms": statistics.median(router_s[0]) - statistics.median(direct_s[0]),
+            "ttfb_p50_relay_ms": statistics.median(relay_s[0]),
+            "ttfb_p50_relay_added_ms": statistics.median(relay_s[0]) - statistics.median(direct_s[0]),
+            "streams_per_side": len(router_s[0]),
             "gap_p99_direct_ms": percentile(direct_s[1], 0.99), "gap_p99_router_ms": percentile(router_s[1], 0.99),
             "gap_p99_added_ms": percentile(router_s[1], 0.99) - percentile(direct_s[1], 0.99),
         },
@@ -262,7 +271,9 @@ def render_table(summary: dict, connections: list[int]) -> str:
     s = summary["stream"]
     lines += ["", f"Router RSS: {summary['router_idle_rss_mb']:.1f} MB idle, "
                   f"{summary['router_peak_rss_mb']:.1f} MB peak; ready {summary['router_ready_s']:.2f} s after start.",
-              f"Streaming (50 ms-paced upstream): TTFB p50 direct {s['ttfb_p50_direct_ms']:.3f} ms, router "
+              f"Streaming (50 ms-paced upstream, {s['streams_per_side']} streams per side): TTFB p50 direct "
+              f"{s['ttfb_p50_direct_ms']:.3f} ms, relay {s['ttfb_p50_relay_ms']:.3f} ms (added "
+              f"{s['ttfb_p50_relay_added_ms']:.3f} ms), router "
               f"{s['ttfb_p50_router_ms']:.3f} ms (added {s['ttfb_p50_added_ms']:.3f} ms); inter-event gap p99 "
               f"direct {s['gap_p99_direct_ms']:.3f} ms, router {s['gap_p99_router_ms']:.3f} ms "
               f"(added {s['gap_p99_added_ms']:.3f} ms).", ""]

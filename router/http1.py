@@ -135,6 +135,11 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self._head is None or self._complete:
+            # Bytes nobody asked for (an idle connection, or more after a complete answer): the
+            # connection's framing can no longer be trusted, so it is not used again.
+            self._fail(MalformedResponse("unsolicited data from the provider"))
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -169,6 +174,8 @@ class Connection(asyncio.Protocol):
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
+        if self.status:  # a second final answer to one request
+            raise MalformedResponse("more than one response to one request")
         status = self.parser.get_status_code()
         if 100 <= status < 200:  # an interim answer (100 Continue, 103 Early Hints): wait for the real one
             self._headers = []

@@ -245,7 +245,8 @@ class ChatStream:
                         self._complete(opened)
                         yield _DONE
                         return
-                    payload = payload_of(event)
+                    # The first event was parsed before the commit point: not again.
+                    payload = opened.first_payload if event is opened.first else payload_of(event)
                     if payload is None:
                         self._engine.observer.malformed_event(opened.target.provider)
                         continue
