@@ -150,14 +150,16 @@ class Connection(asyncio.Protocol):
             self._fail(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        closed_here = self.closed  # by close(): the pool, the reader or a failure, not the provider
         self.closed = True
         self._pool.forget(self)
-        if self._until_eof and self._head is not None and self._head.done() and exc is None \
+        if self._until_eof and not closed_here and self._head is not None and self._head.done() and exc is None \
                 and not self._complete:
-            self.on_message_complete()  # a body without length or chunking ends at EOF
+            self.on_message_complete()  # a body without length or chunking ends at the provider's EOF
             return
         if not self._complete:
-            self._fail(exc or ConnectionResetError("connection closed by the provider"))
+            self._fail(exc or (ConnectionAbortedError("connection closed by the router") if closed_here
+                               else ConnectionResetError("connection closed by the provider")))
 
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:
