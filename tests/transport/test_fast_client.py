@@ -580,6 +580,36 @@ async def test_sequential_requests_reuse_one_connection(serve: ServerFactory,
     assert [r.header("X-Request-ID") for r in server.peers[0].requests] == ["r0", "r1", "r2"]
 
 
+async def test_bytes_after_a_complete_answer_fail_the_exchange_and_retire_the_connection(
+        serve: ServerFactory, make_transport: TransportFactory) -> None:
+    # Two answers to one request: the second could otherwise be taken for the next request's answer.
+    server = await serve(answer(response() + response(b'{"stale": true}')))
+    prov = provider(server.base_url)
+    transport = make_transport(prov)
+    with pytest.raises(TransportError):
+        await (await transport.send(outgoing(prov))).read()
+    server.handler = answer(response())
+    assert await (await transport.send(outgoing(prov))).read() == COMPLETION
+    assert len(server.peers) == 2
+
+
+async def test_bytes_on_an_idle_connection_retire_it(serve: ServerFactory,
+                                                     make_transport: TransportFactory) -> None:
+    async def then_unsolicited(request: Request, peer: Peer) -> None:
+        await dribble(peer.writer, response())
+        await asyncio.sleep(0.05)
+        await dribble(peer.writer, b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+
+    server = await serve(then_unsolicited)
+    prov = provider(server.base_url)
+    transport = make_transport(prov)
+    assert await (await transport.send(outgoing(prov))).read() == COMPLETION
+    await eventually(lambda: server.peers[0].eof.is_set() or server.peers[0].writer.is_closing())
+    server.handler = answer(response())
+    assert await (await transport.send(outgoing(prov))).read() == COMPLETION
+    assert len(server.peers) == 2
+
+
 async def test_a_fully_read_stream_leaves_its_connection_reusable(serve: ServerFactory,
                                                                   make_transport: TransportFactory) -> None:
     server = await serve(answer(chunked_head(), chunk(b"data: a\n\n"), chunk(b"data: [DONE]\n\n"), LAST_CHUNK))
