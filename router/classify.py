@@ -116,7 +116,7 @@ def classify_status(status: int, headers: Mapping[str, str], body: bytes, *, now
     """
     if 200 <= status < 300:
         parsed = payload if payload is not None else _parse_json(body)
-        if not isinstance(parsed, Mapping):
+        if not isinstance(parsed, dict):  # decoded JSON: an object is a dict (and `dict` is cheaper than an ABC)
             return Verdict(Action.RETRY, Reason.INVALID_RESPONSE, status=status, breaker_failure=True,
                            message="provider answered 2xx with a body that is not a JSON object")
         if "error" in parsed and parsed.get("error"):

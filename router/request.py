@@ -74,7 +74,7 @@ class ChatRequest:
 
 def parse_chat_request(body: bytes | Mapping[str, Any], *, request_id: str | None = None) -> ChatRequest:
     """Validate a chat-completions body. Raises InvalidRequest naming the bad parameter."""
-    if isinstance(body, Mapping):
+    if not isinstance(body, bytes | bytearray | memoryview) and isinstance(body, Mapping):  # bytes: no ABC check
         payload = dict(body)
         try:
             raw = json.dumps(payload, ensure_ascii=False).encode()

@@ -35,3 +35,10 @@ def test_line_sink_without_a_loop_writes_at_once() -> None:
     stream = io.StringIO()
     LineSink(stream).write('{"a":1}')
     assert stream.getvalue() == '{"a":1}\n'
+
+
+def test_a_string_orjson_refuses_is_still_one_valid_json_line() -> None:
+    record = AccessRecord(request_id="r2", method="POST", path="/v1/\udc80", outcome="success")
+    decoded = json.loads(encode_record(record))
+    assert decoded["path"] == "/v1/\udc80"
+    assert list(decoded)[:3] == ["ts", "request_id", "method"]
