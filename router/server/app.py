@@ -1,8 +1,9 @@
-"""The app factory: routes, the error middleware, and the router's lifetime."""
+"""The app factory: routes (each guarded: OpenAI-shaped errors, drain tracking), and the router's lifetime."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -12,7 +13,7 @@ from router.metrics import CollectorRegistry, PrometheusObserver
 from router.router import Router
 from router.server import handlers
 from router.server.auth import ClientKeys
-from router.server.errors import error_response
+from router.server.errors import error_response, http_error_response, internal_error_response
 from router.server.state import STATE, ServerState
 
 log = logging.getLogger("router.server")
@@ -20,33 +21,44 @@ log = logging.getLogger("router.server")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
-async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn aiohttp's HTML errors (404, 405, 413...) and crashes into OpenAI error JSON, and
-    register the request's task while it runs so a shutdown can drain it (main._drain).
+def guarded(handler: Handler) -> Handler:
+    """Run a handler as a drainable request whose crashes and HTTP errors answer in the OpenAI shape.
 
-    One middleware for both: each layer costs CPU on every request."""
-    in_flight = request.app[STATE].in_flight
-    task = asyncio.current_task()
-    if task is not None:
-        in_flight.add(task)
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        message = {404: f"unknown path {request.path}",
-                   405: f"method {request.method} not allowed on {request.path}"}.get(exc.status, exc.reason)
-        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return error_response(exc.status, message, headers=headers)
-    except Exception as exc:
-        # Log the type and message only: a traceback could carry request data into the logs.
-        log.error("internal error serving %s %s: %s: %s", request.method, request.path,
-                  type(exc).__name__, exc)
-        return error_response(500, "internal error in the router", code="internal_error")
-    finally:
+    A wrapper per route, not an aiohttp middleware: a middleware stack costs two extra coroutine
+    layers on every request (measured: ~0.05 ms of the streaming time to first byte), and the chat
+    handler, the hot path, does the same work inline (handlers.chat_completions)."""
+
+    @functools.wraps(handler)
+    async def run(request: web.Request) -> web.StreamResponse:
+        in_flight = request.app[STATE].in_flight
+        task = asyncio.current_task()
         if task is not None:
-            in_flight.discard(task)
+            in_flight.add(task)
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return http_error_response(request, exc)
+        except Exception as exc:
+            return internal_error_response(request, exc)
+        finally:
+            if task is not None:
+                in_flight.discard(task)
+
+    return run
+
+
+def _method_not_allowed(allowed: str) -> Handler:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return error_response(405, f"method {request.method} not allowed on {request.path}",
+                              headers={"Allow": allowed})
+
+    return answer
+
+
+async def _not_found(request: web.Request) -> web.StreamResponse:
+    return error_response(404, f"unknown path {request.path}")
 
 
 async def expect_continue(request: web.Request) -> web.StreamResponse | None:
@@ -69,7 +81,7 @@ def create_app(router: Router, *, registry: CollectorRegistry | None = None,
     PrometheusObserver, else a new one in `registry`, which then only sees what the daemon
     itself counts: build info, reloads)."""
     policy = router.policy
-    app = web.Application(client_max_size=policy.server.max_body_bytes, middlewares=[openai_errors])
+    app = web.Application(client_max_size=policy.server.max_body_bytes)
     if observer is None:
         own = router.observer
         if isinstance(own, PrometheusObserver) and (registry is None or registry is own.registry):
@@ -80,11 +92,21 @@ def create_app(router: Router, *, registry: CollectorRegistry | None = None,
         raise ValueError("create_app: `registry` must be the observer's registry")
     state = ServerState(router=router, keys=ClientKeys(policy), metrics=observer)
     app[STATE] = state
-    app.router.add_post("/v1/chat/completions", handlers.chat_completions, expect_handler=expect_continue)
-    app.router.add_get("/v1/models", handlers.models, expect_handler=expect_continue)
-    app.router.add_get("/healthz", handlers.healthz, expect_handler=expect_continue)
-    app.router.add_get("/readyz", handlers.readyz, expect_handler=expect_continue)
-    app.router.add_get("/metrics", handlers.metrics, expect_handler=expect_continue)
+    routes: list[tuple[str, str, Handler]] = [
+        ("POST", "/v1/chat/completions", handlers.chat_completions),  # guards itself (see `guarded`)
+        ("GET", "/v1/models", guarded(handlers.models)),
+        ("GET", "/healthz", guarded(handlers.healthz)),
+        ("GET", "/readyz", guarded(handlers.readyz)),
+        ("GET", "/metrics", guarded(handlers.metrics)),
+    ]
+    for method, path, handler in routes:
+        app.router.add_route(method, path, handler, expect_handler=expect_continue)
+        # Any other method on the same path: a 405 in the OpenAI shape (same resource, matched in order).
+        allowed = "GET,HEAD" if method == "GET" else method
+        app.router.add_route("*", path, _method_not_allowed(allowed), expect_handler=expect_continue)
+    # Last: every other path. (A request target that is not a path, `OPTIONS *` or `CONNECT host:port`,
+    # matches no route and gets aiohttp's plain 404, as unparseable requests get its plain 400.)
+    app.router.add_route("*", "/{tail:.*}", _not_found, expect_handler=expect_continue)
 
     if state.keys.open:
         log.warning("no clients configured: the daemon accepts requests without a key (dev mode)")

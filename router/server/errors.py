@@ -7,11 +7,14 @@ about the request itself); never a stack trace, never a key.
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 from aiohttp import web
 
 from router.errors import InvalidRequest, NoTargetAvailable, RateLimited, RouterError, UpstreamError
+
+log = logging.getLogger("router.server")
 
 _STATUS_TYPES = {
     400: "invalid_request_error",
@@ -62,3 +65,17 @@ def router_error_response(exc: RouterError, headers: dict[str, str] | None = Non
     status = exc.status if 400 <= exc.status <= 599 else 500
     return error_response(status, exc.message, code=exc.code, param=param, error_type=exc.error_type,
                           retry_after=retry_after, headers=headers)
+
+
+def http_error_response(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """aiohttp's own HTTP errors (404, 405, 413, ...) in the OpenAI shape instead of its HTML/text."""
+    message = {404: f"unknown path {request.path}",
+               405: f"method {request.method} not allowed on {request.path}"}.get(exc.status, exc.reason)
+    headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+    return error_response(exc.status, message, headers=headers)
+
+
+def internal_error_response(request: web.Request, exc: Exception) -> web.Response:
+    # Log the type and message only: a traceback could carry request data into the logs.
+    log.error("internal error serving %s %s: %s: %s", request.method, request.path, type(exc).__name__, exc)
+    return error_response(500, "internal error in the router", code="internal_error")

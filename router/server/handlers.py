@@ -14,7 +14,7 @@ from router.errors import InvalidRequest, RouterError, StreamInterrupted
 from router.events import UNKNOWN_ROUTE
 from router.request import ChatRequest, clean_request_id, parse_chat_request
 from router.server.access_log import AccessRecord, log_access
-from router.server.errors import error_response, router_error_response
+from router.server.errors import error_response, http_error_response, internal_error_response, router_error_response
 from router.server.state import STATE, ServerState
 from router.server.workers import LOCAL_ONLY, fleet_metrics
 
@@ -26,8 +26,12 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """The hot path: it does app.guarded's work inline (drain tracking, OpenAI-shaped crash answers)."""
     state = request.app[STATE]
     started = time.monotonic()
+    task = asyncio.current_task()
+    if task is not None:
+        state.in_flight.add(task)
     request_id = clean_request_id(request.headers.get("X-Request-ID"))
     record = AccessRecord(request_id=request_id, method=request.method, path=request.path)
     try:
@@ -36,9 +40,17 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         if record.outcome != "success":  # a stream whose [DONE] was handed over stays a success
             record.outcome, record.status = "cancelled", 499  # the client went away
         raise
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = _fail(record, http_error_response(request, exc))
+    except Exception as exc:
+        response = _fail(record, internal_error_response(request, exc), "internal_error")
     finally:
         record.latency_ms = round((time.monotonic() - started) * 1000, 3)
         log_access(record)
+        if task is not None:
+            state.in_flight.discard(task)
     return response
 
 

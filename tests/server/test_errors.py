@@ -11,6 +11,7 @@ import pytest
 
 from router.errors import RouterError
 from router.mock import Hang, Ok, Status, Stream
+from router.server.state import ServerState
 from tests.server.conftest import DaemonFactory
 from tests.server.helpers import (
     CANARY_KEY,
@@ -130,7 +131,7 @@ async def test_unknown_paths_and_wrong_methods_answer_openai_errors(daemon: Daem
     assert response.headers["Content-Type"].startswith("application/json")
     assert_openai_error(raw)
     if status == 405:
-        assert response.headers["Allow"]
+        assert response.headers["Allow"] == ("POST" if path == "/v1/chat/completions" else "GET,HEAD")
 
 
 async def test_body_over_max_body_bytes_is_413(daemon: DaemonFactory, fake_provider, http) -> None:
@@ -313,6 +314,23 @@ async def test_a_crash_inside_the_router_is_an_opaque_500(daemon: DaemonFactory,
     assert "boom" not in error["message"]
     monkeypatch.undo()
     response, _ = await call(http, "POST", server.chat_url, json=chat_body())
+    assert response.status == 200
+
+
+async def test_a_crash_in_any_other_endpoint_is_an_opaque_500_too(daemon: DaemonFactory, fake_provider, http,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = await fake_provider("aimo")
+    server = await daemon(simple_policy(fake))
+
+    def broken_render(self: ServerState) -> tuple[bytes, str]:
+        raise KeyError("boom-metrics")
+
+    monkeypatch.setattr(ServerState, "render_metrics", broken_render)
+    response, raw = await call(http, "GET", server.url("/metrics"))
+
+    assert response.status == 500
+    assert "boom" not in assert_openai_error(raw, code="internal_error")["message"]
+    response, _ = await call(http, "GET", server.url("/healthz"))
     assert response.status == 200
 
 
