@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from router.errors import InvalidRequest
 
 # Chat prompts are ~4 characters per token; good enough for a reservation that is
@@ -26,6 +28,9 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _STRING_RE = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _STRUCT_RE = re.compile(rb'["{}\[\]]')
 _WS = b" \t\r\n"
+# orjson decodes a request only when `json` is certain to agree: nesting json can follow (it gives up
+# near sys.getrecursionlimit() levels; a body with fewer brackets than this cannot nest deeper).
+_ORJSON_MAX_BRACKETS = 500
 
 
 def new_request_id() -> str:
@@ -61,35 +66,60 @@ class ChatRequest:
             return self.body
         encoded = json.dumps(upstream_model, ensure_ascii=False).encode()
         if self._model_span is None:  # no top-level key found by the scanner: re-encode (never expected)
-            return json.dumps({**self.payload, "model": upstream_model}, ensure_ascii=False).encode()
+            return json.dumps({**_exact(self.body), "model": upstream_model}, ensure_ascii=False).encode()
         start, end = self._model_span
         return self.body[:start] + encoded + self.body[end:]
 
     def continuation_body(self, upstream_model: str, text_so_far: str) -> bytes:
         """The conversation plus the text streamed so far as an assistant prefill."""
-        messages = [*self.payload["messages"], {"role": "assistant", "content": text_so_far}]
-        payload = {**self.payload, "model": upstream_model, "messages": messages}
+        original = _exact(self.body)
+        messages = [*original["messages"], {"role": "assistant", "content": text_so_far}]
+        payload = {**original, "model": upstream_model, "messages": messages}
         return json.dumps(payload, ensure_ascii=False).encode()
 
 
+def _exact(raw: bytes) -> dict[str, Any]:
+    """The body decoded by `json`: every number exact, for what is re-encoded and sent on."""
+    return json.loads(raw.decode("utf-8"))  # type: ignore[no-any-return]
+
+
 def parse_chat_request(body: bytes | Mapping[str, Any], *, request_id: str | None = None) -> ChatRequest:
-    """Validate a chat-completions body. Raises InvalidRequest naming the bad parameter."""
+    """Validate a chat-completions body. Raises InvalidRequest naming the bad parameter.
+
+    A body is decoded by orjson (~4x faster) when that cannot change the outcome: what is accepted,
+    and every error, must be exactly `json`'s. So orjson is skipped for deep nesting (see
+    `_ORJSON_MAX_BRACKETS`), and anything orjson or the validation refuses is decided again with
+    `json` (orjson refuses NaN, which json accepts, and turns integers past 64 bits into floats,
+    which `max_tokens` validation would refuse). Re-encoded bodies decode with `json` (`_exact`)."""
     if not isinstance(body, bytes | bytearray | memoryview) and isinstance(body, Mapping):  # bytes: no ABC check
         payload = dict(body)
         try:
             raw = json.dumps(payload, ensure_ascii=False).encode()
         except (TypeError, ValueError) as exc:
             raise InvalidRequest(f"request body is not JSON-serialisable: {exc}") from None
-    else:
-        raw = bytes(body)
+        return _validated(raw, payload, request_id)
+    raw = bytes(body)
+    if raw.count(b"[") + raw.count(b"{") <= _ORJSON_MAX_BRACKETS:
         try:
-            # The standard library, not jsonio: what a client may send must not depend on orjson's limits
-            # (it accepts nesting that json and most providers refuse).
-            payload = json.loads(raw.decode("utf-8"))  # RFC 8259: JSON on the wire is UTF-8
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise InvalidRequest("request body is not valid JSON") from None
-        if not isinstance(payload, dict):
-            raise InvalidRequest("request body must be a JSON object")
+            payload = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if isinstance(payload, dict):
+                try:
+                    return _validated(raw, payload, request_id)
+                except InvalidRequest:
+                    pass  # decided again by json below, so the error is json's
+    try:
+        payload = json.loads(raw.decode("utf-8"))  # RFC 8259: JSON on the wire is UTF-8
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise InvalidRequest("request body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    return _validated(raw, payload, request_id)
+
+
+def _validated(raw: bytes, payload: dict[str, Any], request_id: str | None) -> ChatRequest:
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("`model` is required and must be a non-empty string", param="model")

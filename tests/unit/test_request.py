@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from router import request as request_module
 from router.errors import InvalidRequest
 from router.request import DEFAULT_COMPLETION_ESTIMATE, clean_request_id, parse_chat_request
 
@@ -282,3 +284,47 @@ def test_model_key_inside_a_string_value_is_not_the_model() -> None:
     replaced = json.loads(parse_chat_request(raw).body_for("up"))
     assert replaced["model"] == "up"
     assert replaced["messages"][0]["content"] == '{"model": 1} "model"'
+
+
+# --- orjson and json must decide every body alike ---------------------------------------------------
+
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(10**30), max_value=10**30) | st.floats() | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=12,
+)
+_FIELDS = st.fixed_dictionaries({}, optional={
+    "model": st.sampled_from(["m", "", 7]) | _VALUES,
+    "messages": st.sampled_from([[{"role": "user", "content": "hi"}], [], [{"content": "x"}]]) | _VALUES,
+    "stream": st.sampled_from([True, False, None, "yes"]),
+    "max_tokens": st.sampled_from([1, 0, 10**20, 2**64 - 1, 2**64, 1.5, True]) | _VALUES,
+    "max_completion_tokens": st.integers(min_value=-3, max_value=10**25),
+    "seed": _VALUES,
+})
+
+
+def _outcome(raw: bytes) -> object:
+    try:
+        request = parse_chat_request(raw)
+    except InvalidRequest as exc:
+        return ("refused", str(exc), exc.param)
+    return ("ok", request.model, request.stream, request.max_tokens, request.body, request._model_span)
+
+
+@given(_FIELDS, st.integers(min_value=0, max_value=3))
+def test_orjson_and_json_decide_every_request_alike(fields: dict, nesting: int) -> None:
+    body = fields if not nesting else {**fields, "deep": functools.reduce(lambda v, _: [v], range(nesting), 1)}
+    raw = json.dumps(body).encode()  # NaN and Infinity included: json writes them, orjson refuses them
+    fast = _outcome(raw)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(request_module, "_ORJSON_MAX_BRACKETS", -1)  # json only
+        assert _outcome(raw) == fast
+
+
+@pytest.mark.parametrize("depth", [400, 600, 5000])
+def test_nesting_is_decided_by_json_whatever_its_depth(depth: int) -> None:
+    raw = b'{"model": "m", "messages": [{"role": "user", "content": ' + b"[" * depth + b"]" * depth + b"}]}"
+    fast = _outcome(raw)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(request_module, "_ORJSON_MAX_BRACKETS", -1)
+        assert _outcome(raw) == fast
