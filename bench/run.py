@@ -1,6 +1,6 @@
 """Benchmark: direct to the upstream vs a bare aiohttp relay vs the router, in one run.
 
-    python bench/run.py [--duration 5] [--connections 1,16,64,256] [--out bench/results]
+    python bench/run.py [--duration 5] [--connections 1,16,64,256] [--rounds 3] [--out bench/results]
 
 The router (and the bare relay) are pinned to CPU 0; wrk and the fake upstream
 to CPU 1, so the relay under test owns one core. Prints and writes (JSON,
@@ -27,6 +27,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -163,6 +164,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=5, help="seconds per load step (default 5)")
     parser.add_argument("--connections", default="1,16,64,256")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; tables show medians")
     parser.add_argument("--streams", type=int, default=30, help="sequential streams per side for SSE timing")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
@@ -189,23 +191,39 @@ def main() -> int:
         time.sleep(0.5)
         idle_rss = rss_mb(router.pid)
         targets = {"direct": UPSTREAM_PORT, "relay": RELAY_PORT, "router": ROUTER_PORT}
-        results: dict[str, dict[int, dict[str, float]]] = {name: {} for name in targets}
+        results: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in targets}
         router_cpu: dict[int, float] = {}
         relay_cpu: dict[int, float] = {}
         pids = {"router": router.pid, "relay": relay.pid}
-        for conns in connections:
-            for name, port in targets.items():
-                url = f"http://127.0.0.1:{port}/v1/chat/completions"
-                pid = pids.get(name)
-                before = cpu_seconds(pid) if pid else 0.0
-                stats = run_wrk(url, conns, args.duration, script) if wrk \
-                    else asyncio.run(_python_load(url, conns, args.duration))
-                if pid:
-                    per_request = (cpu_seconds(pid) - before) / max(stats["requests"], 1) * 1000
-                    (router_cpu if name == "router" else relay_cpu)[conns] = per_request
-                results[name][conns] = stats
-                print(f"{name:7} c={conns:<4} {stats['rps']:9.0f} req/s  p50 {stats['p50_ms']:7.3f} ms  "
-                      f"p99 {stats['p99_ms']:7.3f} ms  errors {stats['errors']}", flush=True)
+        # Every step runs `--rounds` times, interleaved (all of direct / relay / router at every
+        # connection count, then again), and the tables show medians: the shared cores are noisy.
+        samples: dict[str, dict[int, list[dict[str, float]]]] = {name: {c: [] for c in connections}
+                                                                 for name in targets}
+        for round_index in range(args.rounds):
+            for conns in connections:
+                for name, port in targets.items():
+                    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                    pid = pids.get(name)
+                    before = cpu_seconds(pid) if pid else 0.0
+                    stats = run_wrk(url, conns, args.duration, script) if wrk \
+                        else asyncio.run(_python_load(url, conns, args.duration))
+                    if pid:
+                        stats["cpu_ms"] = (cpu_seconds(pid) - before) / max(stats["requests"], 1) * 1000
+                    samples[name][conns].append(stats)
+                    print(f"round {round_index + 1} {name:7} c={conns:<4} {stats['rps']:9.0f} req/s  "
+                          f"p50 {stats['p50_ms']:7.3f} ms  p99 {stats['p99_ms']:7.3f} ms  errors {stats['errors']}",
+                          flush=True)
+        for name in targets:
+            for conns in connections:
+                runs = samples[name][conns]
+                results[name][conns] = {key: statistics.median(run[key] for run in runs)
+                                        for key in ("rps", "p50_ms", "p99_ms")}
+                results[name][conns]["requests"] = sum(run["requests"] for run in runs)
+                results[name][conns]["errors"] = sum(run["errors"] for run in runs)
+                results[name][conns]["rps_range"] = [min(run["rps"] for run in runs), max(run["rps"] for run in runs)]
+                if name in pids:
+                    (router_cpu if name == "router" else relay_cpu)[conns] = statistics.median(
+                        run["cpu_ms"] for run in runs)
         peak_rss = rss_mb(router.pid, "VmHWM")
         # Interleaved rounds, so a noisy moment on the shared cores hits all three sides alike.
         streams: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in targets}
@@ -228,7 +246,7 @@ def main() -> int:
                 os.killpg(proc.pid, signal.SIGKILL)
 
     summary = {
-        "generator": generator, "duration_s": args.duration, "results": results,
+        "generator": generator, "duration_s": args.duration, "rounds": args.rounds, "results": results,
         "router_cpu_ms_per_request": router_cpu, "relay_cpu_ms_per_request": relay_cpu,
         "throughput_vs_relay": {c: results["router"][c]["rps"] / results["relay"][c]["rps"] for c in connections},
         "added_latency_ms": {c: {"p50": results["router"][c]["p50_ms"] - results["direct"][c]["p50_ms"],
@@ -257,7 +275,8 @@ def main() -> int:
 
 def render_table(summary: dict, connections: list[int]) -> str:
     res = summary["results"]
-    lines = [f"Load generator: {summary['generator']}, {summary['duration_s']} s per step.", "",
+    lines = [f"Load generator: {summary['generator']}, {summary['duration_s']} s per step, medians of "
+             f"{summary['rounds']} interleaved rounds.", "",
              "| connections | direct req/s | relay req/s | router req/s | router/relay | direct p50/p99 ms "
              "| router p50/p99 ms | added p50/p99 ms | CPU ms/req relay / router |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
