@@ -29,7 +29,7 @@ from router import http1, transport_clients
 from router._version import __version__
 from router.classify import Reason, classify_exception
 from router.policy.model import Provider, Timeouts
-from router.transport import HttpTransport, Outgoing, _HttpReply
+from router.transport import Outgoing, _HttpReply
 from router.transport_errors import (
     BodyCut,
     ConnectFailed,
@@ -38,6 +38,7 @@ from router.transport_errors import (
     IdleTimeout,
     TransportError,
 )
+from tests.transport.conftest import TransportFactory
 
 KEY = "sk-aimo-secret-0123456789"
 BODY = b'{"model":"8W7X:deepseek-chat-v3",  "messages":[{"role":"user","content":"caf\\u00e9"}],"temperature":0.70}'
@@ -223,22 +224,7 @@ async def events_of(reply: _HttpReply) -> list[str]:
     return [event.data async for event in reply.events()]
 
 
-TransportFactory = Callable[..., HttpTransport]
 ServerFactory = Callable[..., Awaitable[ScriptedServer]]
-
-
-@pytest.fixture
-async def make_transport() -> AsyncIterator[TransportFactory]:
-    made: list[HttpTransport] = []
-
-    def make(*providers: Provider) -> HttpTransport:
-        transport = HttpTransport({p.name: p for p in providers})
-        made.append(transport)
-        return transport
-
-    yield make
-    for transport in made:
-        await transport.aclose()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from types import MappingProxyType
 from typing import Any
 
@@ -17,9 +17,10 @@ from aioresponses import CallbackResult
 from yarl import URL
 
 from router.policy.model import Provider, Timeouts
-from router.transport import HttpTransport, Outgoing
+from router.transport import Outgoing
 from router.transport_errors import BodyCut, ConnectFailed, ConnectionLost, FirstByteTimeout, IdleTimeout
 from tests.transport.aioresponses_compat import CompatResponse, compat_aioresponses
+from tests.transport.conftest import TransportFactory
 
 BASE = "http://aimo.test/api/v1"
 URL_ = BASE + "/chat/completions"
@@ -27,7 +28,6 @@ KEY = "sk-aimo-secret"
 BODY = b'{"model":"8W7X:deepseek-chat-v3",  "messages":[{"role":"user","content":"caf\\u00e9"}],"temperature":0.70}'
 COMPLETION = {"id": "c1", "choices": [{"message": {"role": "assistant", "content": "hi"}}]}
 
-TransportFactory = Callable[..., HttpTransport]
 
 
 def provider(name: str = "aimo", base_url: str = BASE, *, api_key: str | None = KEY,
@@ -53,20 +53,6 @@ def sent(mock: compat_aioresponses, url: str = URL_, index: int = 0) -> dict[str
 def mock() -> Iterator[compat_aioresponses]:
     with compat_aioresponses() as m:
         yield m
-
-
-@pytest.fixture
-async def make_transport() -> AsyncIterator[TransportFactory]:
-    made: list[HttpTransport] = []
-
-    def make(*providers: Provider) -> HttpTransport:
-        transport = HttpTransport({p.name: p for p in providers})
-        made.append(transport)
-        return transport
-
-    yield make
-    for transport in made:
-        await transport.aclose()
 
 
 class _OpenConnection:
