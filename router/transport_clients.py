@@ -30,6 +30,7 @@ USER_AGENT = f"llm-router/{_version}"
 # The fast client sweeps the same way.
 KEEPALIVE_S = 20.0
 _STREAM_ACCEPT = "text/event-stream"
+_ACCEPT_LINES = {True: b"Accept: text/event-stream\r\n", False: b"Accept: */*\r\n"}  # built once, not per request
 
 
 class Body(Protocol):
@@ -98,9 +99,8 @@ class FastClient:
                    connect_s: float) -> http1.Connection:
         assert isinstance(prepared, _FastTarget)
         connection = await prepared.pool.acquire(connect_s)
-        accept = _STREAM_ACCEPT if stream else "*/*"
-        head = b"%bX-Request-ID: %b\r\nAccept: %b\r\nContent-Length: %d\r\n\r\n" % (
-            prepared.head, request_id.encode(), accept.encode(), len(body))
+        head = b"%bX-Request-ID: %b\r\n%bContent-Length: %d\r\n\r\n" % (
+            prepared.head, request_id.encode(), _ACCEPT_LINES[stream], len(body))
         try:
             await connection.send(head, body, asyncio.get_running_loop())
         except BaseException:
