@@ -30,6 +30,11 @@ _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
 # Bodies up to this size are sent in the same write as the head (one send, one packet when it fits).
 _JOIN_LIMIT = 64 * 1024
+# finish(): how long, and how many bytes, the rest of an answer the caller no longer needs may take
+# before the connection is closed rather than reused. After a stream's `[DONE]` the rest is the
+# chunked terminator, a few bytes that arrive a moment later.
+DRAIN_S = 2.0
+_DRAIN_LIMIT = 64 * 1024
 
 
 class ConnectTimeout(TimeoutError):
@@ -47,9 +52,9 @@ class MalformedResponse(Exception):
 class Connection(asyncio.Protocol):
     """One keep-alive connection; it carries one exchange at a time and is its own response object."""
 
-    __slots__ = ("_body", "_buffered", "_complete", "_decoder", "_error", "_head", "_headers", "_keep_alive",
-                 "_paused", "_pool", "_reader", "_until_eof", "closed", "headers", "idle_since", "parser", "status",
-                 "transport")
+    __slots__ = ("_body", "_buffered", "_complete", "_decoder", "_drain_timer", "_drained", "_error", "_head",
+                 "_headers", "_keep_alive", "_paused", "_pool", "_reader", "_until_eof", "closed", "headers",
+                 "idle_since", "parser", "status", "transport")
 
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
@@ -57,6 +62,7 @@ class Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.idle_since = 0.0
+        self._drain_timer: asyncio.TimerHandle | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -73,6 +79,7 @@ class Connection(asyncio.Protocol):
         self._paused = False
         self._decoder: zlib._Decompress | None = None
         self._error: BaseException | None = None
+        self._drained = -1  # >= 0 while finish() drains the rest of the answer: the bytes dropped so far
 
     # -- one exchange ----------------------------------------------------------------------------
     def send(self, head: bytes, body: bytes, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
@@ -124,7 +131,27 @@ class Connection(asyncio.Protocol):
         else:
             self.close()
 
+    def finish(self) -> None:
+        """Done with this exchange before its answer ended (a stream's `[DONE]` came before the chunked
+        terminator): the rest is read and dropped in the background and the connection goes back to the
+        pool when the answer completes, within DRAIN_S and _DRAIN_LIMIT bytes; otherwise it closes.
+        Reusing it spares the next request a new connection (on TLS, a handshake)."""
+        if self._complete or self._error is not None or self.closed or not self._keep_alive or self._until_eof \
+                or self.transport is None:
+            self.release()
+            return
+        self._body.clear()
+        self._buffered = 0
+        self._drained = 0
+        if self._paused:
+            self._paused = False
+            self.transport.resume_reading()
+        self._drain_timer = asyncio.get_running_loop().call_later(DRAIN_S, self.close)
+
     def close(self) -> None:
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
         if not self.closed:
             self.closed = True
             if self.transport is not None:
@@ -199,6 +226,11 @@ class Connection(asyncio.Protocol):
             head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        if self._drained >= 0:
+            self._drained += len(body)
+            if self._drained > _DRAIN_LIMIT:
+                self.close()
+            return
         if self._decoder is not None:
             try:
                 body = self._decoder.decompress(body)
@@ -215,6 +247,14 @@ class Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if self.status == 0:  # the end of an interim answer
+            return
+        if self._drained >= 0:
+            self._complete = True
+            self._drained = -1
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
+                self._drain_timer = None
+            self.release()
             return
         if self._decoder is not None:
             tail = self._decoder.flush()

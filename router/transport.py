@@ -78,8 +78,8 @@ def _cap(configured: float, deadline: float, now: float) -> tuple[float, bool]:
 
 
 class _HttpReply:
-    __slots__ = ("_body", "_clock", "_closed", "_deadline", "_idle_s", "_release", "_response", "_secrets",
-                 "headers", "status")
+    __slots__ = ("_body", "_clock", "_closed", "_deadline", "_done", "_idle_s", "_release", "_response",
+                 "_secrets", "headers", "status")
 
     def __init__(self, response: Body, outgoing: Outgoing, clock: Clock,
                  release: asyncio.Semaphore, body: bytes | None = None, secrets: tuple[bytes, ...] = ()) -> None:
@@ -93,6 +93,7 @@ class _HttpReply:
         self._clock = clock
         self._release = release
         self._closed = False
+        self._done = False  # the stream's [DONE] arrived: whatever follows is only the body's framing
 
     async def _read_chunk(self) -> bytes:
         limit, bound = _cap(self._idle_s, self._deadline, self._clock.monotonic())
@@ -131,6 +132,8 @@ class _HttpReply:
                 for event in parser.feed(chunk):
                     if secrets and any(secret in event.raw for secret in secrets):
                         event = _scrub_event(event, secrets)
+                    if event.is_done:
+                        self._done = True
                     yield event
             if parser.finish():
                 raise BodyCut("stream ended inside an event")
@@ -141,9 +144,12 @@ class _HttpReply:
         if self._closed:
             return
         self._closed = True
-        # A fully read response goes back to the keep-alive pool; a partial one is closed.
+        # A fully read response goes back to the keep-alive pool, and so does a stream closed after its
+        # [DONE] once the chunked terminator follows; any other partial one is closed.
         if self._response.at_eof():
             self._response.release()
+        elif self._done:
+            self._response.finish()
         else:
             self._response.close()
         self._release.release()

@@ -43,6 +43,7 @@ class Body(Protocol):
     async def read(self) -> bytes: ...
     def at_eof(self) -> bool: ...
     def release(self) -> None: ...
+    def finish(self) -> None: ...  # done before the body ended: reuse the connection if the rest comes soon
     def close(self) -> None: ...
 
 
@@ -144,6 +145,10 @@ class _AiohttpBody:
 
     def release(self) -> None:
         self._response.release()
+
+    def finish(self) -> None:
+        # aiohttp cannot drain in the background: a response released before its end closes.
+        self._response.close()
 
     def close(self) -> None:
         self._response.close()

@@ -683,6 +683,85 @@ async def test_a_stream_closed_before_its_end_is_not_reused(serve: ServerFactory
     assert len(server.peers) == 2
 
 
+async def _read_to_done_and_close(reply: _HttpReply) -> list[str]:
+    """What the router does with a stream: read events up to [DONE], then close the iterator and the reply."""
+    events = reply.events()
+    seen = []
+    async for event in events:
+        seen.append(event.data)
+        if event.is_done:
+            break
+    await events.aclose()  # type: ignore[attr-defined]
+    reply.close()
+    return seen
+
+
+async def test_a_stream_closed_after_its_done_is_reused_once_the_terminator_follows(
+        serve: ServerFactory, make_transport: TransportFactory) -> None:
+    terminate = asyncio.Event()
+
+    async def handle(request: Request, peer: Peer) -> None:
+        if len(peer.requests) == 1:
+            await dribble(peer.writer, chunked_head(), chunk(b"data: a\n\n"), chunk(b"data: [DONE]\n\n"))
+            await terminate.wait()  # the terminating chunk comes after the router is done with the stream
+            await dribble(peer.writer, LAST_CHUNK)
+        else:
+            await answer(response())(request, peer)
+
+    server = await serve(handle)
+    prov = provider(server.base_url)
+    transport = make_transport(prov)
+    reply = await transport.send(outgoing(prov, stream=True))
+    connection = connection_of(reply)
+    assert await _read_to_done_and_close(reply) == ["a", "[DONE]"]
+    assert not connection.closed  # draining the rest, not closed
+    terminate.set()
+    await eventually(lambda: connection.at_eof())
+    second = await transport.send(outgoing(prov))
+    assert connection_of(second) is connection
+    assert await second.read() == COMPLETION
+    assert len(server.peers) == 1
+
+
+async def test_a_stream_whose_terminator_does_not_follow_its_done_is_closed_after_the_drain_time(
+        serve: ServerFactory, make_transport: TransportFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http1, "DRAIN_S", 0.1)
+    server = await serve(answer(chunked_head(), chunk(b"data: a\n\n"), chunk(b"data: [DONE]\n\n")))
+    prov = provider(server.base_url)
+    transport = make_transport(prov)
+    reply = await transport.send(outgoing(prov, stream=True))
+    closed_from = time.monotonic()
+    assert await _read_to_done_and_close(reply) == ["a", "[DONE]"]
+    await asyncio.wait_for(server.peers[0].eof.wait(), 1.0)
+    assert time.monotonic() - closed_from >= 0.08  # waited for the terminator first
+    server.handler = answer(response())
+    assert await (await transport.send(outgoing(prov))).read() == COMPLETION
+    assert len(server.peers) == 2
+
+
+async def test_a_stream_that_goes_on_after_its_done_is_closed_once_past_the_drain_limit(
+        serve: ServerFactory, make_transport: TransportFactory) -> None:
+    assert http1.DRAIN_S >= 1.0  # so the close below comes from the byte limit, not the timer
+    more = asyncio.Event()
+
+    async def handle(request: Request, peer: Peer) -> None:
+        await dribble(peer.writer, chunked_head(), chunk(b"data: [DONE]\n\n"))
+        await more.wait()
+        await dribble(peer.writer, chunk(b"x" * (http1._DRAIN_LIMIT + 1)))
+        await peer.read_to_eof()
+
+    server = await serve(handle)
+    prov = provider(server.base_url)
+    transport = make_transport(prov)
+    reply = await transport.send(outgoing(prov, stream=True))
+    connection = connection_of(reply)
+    assert await _read_to_done_and_close(reply) == ["[DONE]"]
+    assert not connection.closed
+    more.set()
+    await asyncio.wait_for(server.peers[0].eof.wait(), 0.5)
+    assert connection.closed
+
+
 async def test_idle_connections_are_closed_after_the_keepalive_expiry(
         serve: ServerFactory, make_transport: TransportFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(transport_clients, "KEEPALIVE_S", 0.2)  # read when the transport is built
