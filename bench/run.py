@@ -130,14 +130,19 @@ async def _python_load(url: str, connections: int, duration: int) -> dict[str, f
             "p99_ms": latencies[int(len(latencies) * 0.99)], "requests": len(latencies), "errors": 0}
 
 
-async def _stream_timings(url: str, streams: int) -> tuple[list[float], list[float]]:
+async def _stream_timings(url: str, streams: int, max_tokens: int | None = None) -> tuple[list[float], list[float]]:
+    """Time to the first event and the gaps between events of `streams` sequential streams (one
+    keep-alive connection; the first stream, which also connects, is not counted)."""
     import aiohttp
 
     ttfb: list[float] = []
     gaps: list[float] = []
-    body = json.dumps({**BODY, "stream": True}).encode()
+    request = {**BODY, "stream": True}
+    if max_tokens is not None:
+        request["max_tokens"] = max_tokens
+    body = json.dumps(request).encode()
     async with aiohttp.ClientSession() as session:
-        for _ in range(streams):
+        for index in range(streams + 1):
             start = time.perf_counter()
             last = None
             async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
@@ -147,12 +152,23 @@ async def _stream_timings(url: str, streams: int) -> tuple[list[float], list[flo
                     buffer += data
                     while b"\n\n" in buffer:
                         _, buffer = buffer.split(b"\n\n", 1)
+                        if index == 0:
+                            continue
                         if last is None:
                             ttfb.append((now - start) * 1000)
                         else:
                             gaps.append((now - last) * 1000)
                         last = now
     return ttfb, gaps
+
+
+def _on_cpu(cpu: int) -> set[int] | None:
+    """Pin this process (the streaming client, a load generator) to `cpu`; returns the old affinity."""
+    if not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2:
+        return None
+    previous = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    return previous
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -165,7 +181,10 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=5, help="seconds per load step (default 5)")
     parser.add_argument("--connections", default="1,16,64,256")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; tables show medians")
-    parser.add_argument("--streams", type=int, default=30, help="sequential streams per side for SSE timing")
+    parser.add_argument("--streams", type=int, default=30,
+                        help="sequential 10-event streams per side for the inter-event gaps (default 30)")
+    parser.add_argument("--ttfb-streams", type=int, default=300,
+                        help="sequential one-event streams per side for the time to first event (default 300)")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     connections = [int(c) for c in args.connections.split(",")]
@@ -225,15 +244,22 @@ def main() -> int:
                     (router_cpu if name == "router" else relay_cpu)[conns] = statistics.median(
                         run["cpu_ms"] for run in runs)
         peak_rss = rss_mb(router.pid, "VmHWM")
-        # Interleaved rounds, so a noisy moment on the shared cores hits all three sides alike.
+        # Interleaved rounds, so a noisy moment on the shared cores hits all three sides alike. The
+        # client is a load generator: it runs on CPU 1 with the upstream, as wrk does.
         streams: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in targets}
         rounds = 3
-        for _ in range(rounds):
-            for name, port in targets.items():
-                ttfb, gaps = asyncio.run(_stream_timings(f"http://127.0.0.1:{port}/v1/chat/completions",
-                                                         max(1, args.streams // rounds)))
-                streams[name][0].extend(ttfb)
-                streams[name][1].extend(gaps)
+        affinity = _on_cpu(1)
+        try:
+            for _ in range(rounds):
+                for name, port in targets.items():
+                    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                    ttfb, _ = asyncio.run(_stream_timings(url, max(1, args.ttfb_streams // rounds), max_tokens=1))
+                    _, gaps = asyncio.run(_stream_timings(url, max(1, args.streams // rounds)))
+                    streams[name][0].extend(ttfb)
+                    streams[name][1].extend(gaps)
+        finally:
+            if affinity is not None:
+                os.sched_setaffinity(0, affinity)
         direct_s, relay_s, router_s = streams["direct"], streams["relay"], streams["router"]
     finally:
         for proc in procs:
@@ -258,7 +284,7 @@ def main() -> int:
             "ttfb_p50_added_ms": statistics.median(router_s[0]) - statistics.median(direct_s[0]),
             "ttfb_p50_relay_ms": statistics.median(relay_s[0]),
             "ttfb_p50_relay_added_ms": statistics.median(relay_s[0]) - statistics.median(direct_s[0]),
-            "streams_per_side": len(router_s[0]),
+            "ttfb_streams_per_side": len(router_s[0]), "gap_streams_per_side": args.streams,
             "gap_p99_direct_ms": percentile(direct_s[1], 0.99), "gap_p99_router_ms": percentile(router_s[1], 0.99),
             "gap_p99_added_ms": percentile(router_s[1], 0.99) - percentile(direct_s[1], 0.99),
         },
@@ -290,7 +316,8 @@ def render_table(summary: dict, connections: list[int]) -> str:
     s = summary["stream"]
     lines += ["", f"Router RSS: {summary['router_idle_rss_mb']:.1f} MB idle, "
                   f"{summary['router_peak_rss_mb']:.1f} MB peak; ready {summary['router_ready_s']:.2f} s after start.",
-              f"Streaming (50 ms-paced upstream, {s['streams_per_side']} streams per side): TTFB p50 direct "
+              f"Streaming (50 ms-paced upstream; {s['ttfb_streams_per_side']} one-event streams per side for the "
+              f"time to first event, {s['gap_streams_per_side']} ten-event streams for the gaps): TTFB p50 direct "
               f"{s['ttfb_p50_direct_ms']:.3f} ms, relay {s['ttfb_p50_relay_ms']:.3f} ms (added "
               f"{s['ttfb_p50_relay_added_ms']:.3f} ms), router "
               f"{s['ttfb_p50_router_ms']:.3f} ms (added {s['ttfb_p50_added_ms']:.3f} ms); inter-event gap p99 "

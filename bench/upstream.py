@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 
 from aiohttp import web
 
@@ -18,6 +19,7 @@ COMPLETION = json.dumps({
                  "finish_reason": "stop"}],
     "usage": {"prompt_tokens": 15, "completion_tokens": 72, "total_tokens": 87},
 }).encode()
+_MAX_TOKENS = re.compile(rb'"max_tokens":\s*(\d+)')
 
 
 def chunk(content: str | None, finish: str | None = None) -> bytes:
@@ -32,9 +34,12 @@ def make_app(pace_s: float, chunks: int) -> web.Application:
         body = await request.read()
         if b'"stream": true' not in body and b'"stream":true' not in body:
             return web.Response(body=COMPLETION, content_type="application/json")
+        # A stream has --chunks content chunks, or `max_tokens` if fewer (short streams time the first event).
+        limit = _MAX_TOKENS.search(body)
+        count = min(chunks, int(limit.group(1))) if limit else chunks
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
-        for index in range(chunks):
+        for index in range(count):
             await response.write(chunk(f"word{index} "))
             await asyncio.sleep(pace_s)
         await response.write(chunk(None, "stop"))
