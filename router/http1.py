@@ -6,7 +6,8 @@ multidicts, tracing hooks, cookie jar, timers), half of what the router spends i
 total; this client costs about a fifth of that (bench/README.md). It does only
 what the router needs: one POST at a time per connection with a fully built
 head, responses framed by Content-Length, chunked encoding or EOF, gzip/deflate
-bodies, keep-alive reuse with an idle expiry, and read-side back-pressure.
+bodies, keep-alive reuse with an idle expiry (also after a stream the caller
+stopped reading at its `[DONE]`: see `Connection.finish`), and read-side back-pressure.
 It never follows redirects, keeps no cookies and uses no proxies.
 
 Errors: `ConnectTimeout` (connect took too long), `CannotConnect` (refused, DNS, TLS),
