@@ -150,13 +150,16 @@ class Connection(asyncio.Protocol):
         self._drain_timer = asyncio.get_running_loop().call_later(DRAIN_S, self.close)
 
     def close(self) -> None:
-        if self._drain_timer is not None:
-            self._drain_timer.cancel()
-            self._drain_timer = None
+        self._cancel_drain_timer()
         if not self.closed:
             self.closed = True
             if self.transport is not None:
                 self.transport.close()
+
+    def _cancel_drain_timer(self) -> None:
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -252,9 +255,7 @@ class Connection(asyncio.Protocol):
         if self._drained >= 0:
             self._complete = True
             self._drained = -1
-            if self._drain_timer is not None:
-                self._drain_timer.cancel()
-                self._drain_timer = None
+            self._cancel_drain_timer()
             self.release()
             return
         if self._decoder is not None:
