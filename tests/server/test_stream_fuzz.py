@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from router.mock import FakeProvider, Status
 from tests.server.conftest import Daemon, DaemonFactory
-from tests.server.helpers import assert_openai_error, chat_body, simple_policy, sse_data
+from tests.server.helpers import assert_openai_error, chat_body, simple_policy, sse_data, sse_text
 
 
 def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -69,7 +69,7 @@ async def test_a_provider_stream_cut_anywhere_reaches_the_client_only_as_whole_e
     payloads = sse_data(raw)
     assert payloads.count("[DONE]") <= 1
     decoded = [json.loads(p) for p in payloads if p != "[DONE]"]  # no partial JSON was relayed
-    relayed_text = "".join(c["choices"][0]["delta"].get("content") or "" for c in decoded if "choices" in c)
+    relayed_text = sse_text(payloads)
     assert "".join(pieces).startswith(relayed_text)
     finished = cut >= ends[-2]  # the finish chunk arrived whole: the answer is complete
     if finished:

@@ -321,10 +321,22 @@ def test_orjson_and_json_decide_every_request_alike(fields: dict, nesting: int) 
         assert _outcome(raw) == fast
 
 
-@pytest.mark.parametrize("depth", [400, 600, 5000])
-def test_nesting_is_decided_by_json_whatever_its_depth(depth: int) -> None:
-    raw = b'{"model": "m", "messages": [{"role": "user", "content": ' + b"[" * depth + b"]" * depth + b"}]}"
+def _nested(depth: int) -> bytes:
+    return b'{"model": "m", "messages": [{"role": "user", "content": ' + b"[" * depth + b"]" * depth + b"}]}"
+
+
+def test_the_deepest_body_orjson_decodes_is_decided_as_json_decides_it() -> None:
+    depth = request_module._ORJSON_MAX_BRACKETS - 3  # plus the body's own `{`, `[` and `{`
+    raw = _nested(depth)
+    assert raw.count(b"[") + raw.count(b"{") == request_module._ORJSON_MAX_BRACKETS  # orjson's path
     fast = _outcome(raw)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(request_module, "_ORJSON_MAX_BRACKETS", -1)
         assert _outcome(raw) == fast
+
+
+@pytest.mark.parametrize(("depth", "accepted"), [(600, True), (5000, False)])
+def test_deeper_bodies_are_decided_by_json(depth: int, accepted: bool) -> None:
+    # Past the bracket limit json decides alone: nesting it can follow is accepted, deeper is refused.
+    outcome = _outcome(_nested(depth))
+    assert outcome[0] == ("ok" if accepted else "refused"), outcome
