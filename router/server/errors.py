@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from typing import Protocol
 
 from aiohttp import web
 
@@ -31,6 +32,16 @@ _STATUS_TYPES = {
     503: "service_unavailable",
     504: "timeout_error",
 }
+
+
+class RequestLine(Protocol):
+    """What an error answer may say about the request: an aiohttp request, or a fast-front exchange."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def path(self) -> str: ...
 
 
 def error_body(message: str, *, status: int, code: str | None = None, param: str | None = None,
@@ -67,7 +78,7 @@ def router_error_response(exc: RouterError, headers: dict[str, str] | None = Non
                           retry_after=retry_after, headers=headers)
 
 
-def http_error_response(request: web.Request, exc: web.HTTPException) -> web.Response:
+def http_error_response(request: RequestLine, exc: web.HTTPException) -> web.Response:
     """aiohttp's own HTTP errors (404, 405, 413, ...) in the OpenAI shape instead of its HTML/text."""
     message = {404: f"unknown path {request.path}",
                405: f"method {request.method} not allowed on {request.path}"}.get(exc.status, exc.reason)
@@ -75,7 +86,7 @@ def http_error_response(request: web.Request, exc: web.HTTPException) -> web.Res
     return error_response(exc.status, message, headers=headers)
 
 
-def internal_error_response(request: web.Request, exc: Exception) -> web.Response:
+def internal_error_response(request: RequestLine, exc: Exception) -> web.Response:
     # Log the type and message only: a traceback could carry request data into the logs.
     log.error("internal error serving %s %s: %s: %s", request.method, request.path, type(exc).__name__, exc)
     return error_response(500, "internal error in the router", code="internal_error")

@@ -1,218 +1,79 @@
-"""HTTP handlers. Thin: authenticate, read the body, call the engine, relay the answer."""
+"""aiohttp handlers. Thin: the chat logic lives in chat.py, shared with the fast front."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import time
+from collections.abc import Mapping
 
 from aiohttp import web
 
-from router.engine import outcome_of, usage_counts
-from router.errors import InvalidRequest, RouterError, StreamInterrupted
-from router.events import UNKNOWN_ROUTE
-from router.request import ChatRequest, clean_request_id, parse_chat_request
-from router.server.access_log import AccessRecord, log_access
-from router.server.errors import error_response, http_error_response, internal_error_response, router_error_response
-from router.server.state import STATE, ServerState
+from router.server.chat import BodyRefused, serve_chat
+from router.server.errors import error_response
+from router.server.state import STATE
 from router.server.workers import LOCAL_ONLY, fleet_metrics
 
 log = logging.getLogger("router.server")
 
 # A client that trickles its body this slowly is holding a connection hostage.
 BODY_READ_TIMEOUT_S = 30.0
-_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    """The hot path: it does app.guarded's work inline (drain tracking, OpenAI-shaped crash answers)."""
-    state = request.app[STATE]
-    started = time.monotonic()
-    task = asyncio.current_task()
-    if task is not None:
-        state.in_flight.add(task)
-    request_id = clean_request_id(request.headers.get("X-Request-ID"))
-    record = AccessRecord(request_id=request_id, method=request.method, path=request.path)
-    try:
-        response = await _chat(request, state, record, started)
-    except asyncio.CancelledError:
-        if record.outcome != "success":  # a stream whose [DONE] was handed over stays a success
-            record.outcome, record.status = "cancelled", 499  # the client went away
-        raise
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        response = _fail(record, http_error_response(request, exc))
-    except Exception as exc:
-        response = _fail(record, internal_error_response(request, exc), "internal_error")
-    finally:
-        record.latency_ms = round((time.monotonic() - started) * 1000, 3)
-        log_access(record)
-        if task is not None:
-            state.in_flight.discard(task)
+    """The aiohttp route for what the fast front hands over (chunked or slow bodies, `Expect`, ...)."""
+    exchange = _AiohttpExchange(request)
+    response = await serve_chat(request.app[STATE], exchange)
+    if response is None:
+        assert exchange.response is not None
+        return exchange.response
     return response
 
 
-async def _chat(request: web.Request, state: ServerState, record: AccessRecord,
-                started: float) -> web.StreamResponse:
-    # Until the router has the request, refusals are counted here, under the route `unknown`.
-    headers = {"x-request-id": record.request_id, "x-router-attempts": "0", "x-router-provider": "none"}
-    if state.draining:
-        return _refused(state, record, started, error_response(503, "the router is shutting down", code="draining",
-                                                               retry_after=1, headers=headers))
-    client = state.keys.identify(request.headers)
-    if client is None and not state.keys.open:
-        return _refused(state, record, started, error_response(401, "missing or invalid API key",
-                                                               code="invalid_api_key", headers=headers))
-    record.client = client or "-"
-    try:
-        if request.content.is_eof():  # the whole body came with the headers: no wait, so no timer
-            body = await request.read()
-        else:
+class _AiohttpExchange:
+    __slots__ = ("method", "path", "request", "response")
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.method = request.method
+        self.path = request.path
+        self.response: web.StreamResponse | None = None
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self.request.headers
+
+    async def read_body(self) -> bytes:
+        request = self.request
+        try:
+            if request.content.is_eof():  # the whole body came with the headers: no wait, so no timer
+                return await request.read()
             async with asyncio.timeout(BODY_READ_TIMEOUT_S):
-                body = await request.read()
-    except TimeoutError:
-        return _refused(state, record, started,
-                        _closing(error_response(408, "request body not received in time", headers=headers)),
-                        "body_timeout")
-    except web.HTTPRequestEntityTooLarge:
-        limit = state.router.policy.server.max_body_bytes
-        return _refused(state, record, started, error_response(413, f"request body is larger than {limit} bytes",
-                                                               code="body_too_large", headers=headers))
-    except web.RequestPayloadError:
-        # A body aiohttp cannot decode (Content-Encoding: gzip/deflate over non-compressed
-        # bytes, a broken chunked body) is the client's error, not a 500.
-        return _refused(state, record, started,
-                        _closing(error_response(400, "request body could not be read (bad encoding or framing)",
-                                                code="invalid_body", headers=headers)))
-    except asyncio.CancelledError:
-        _count_refused(state, record.client, "cancelled", started)
-        raise
-    try:
-        chat = parse_chat_request(body, request_id=record.request_id)
-    except InvalidRequest as exc:
-        return _refused(state, record, started, router_error_response(exc, headers), outcome_of(exc))
-    record.stream = chat.stream
-    if chat.stream:
-        return await _stream(request, state, chat, client, record, headers, started)
-    try:
-        result = await state.router.chat(chat, client=client)
-    except RouterError as exc:
-        record.route = _route_of(state, chat)
-        return _fail(record, _with_attempts(exc, headers), outcome_of(exc))
-    record.route, record.provider, record.attempts = result.route, result.provider, result.attempts
-    record.status, record.outcome = result.status, "success"
-    record.prompt_tokens, record.completion_tokens = usage_counts(result.usage)
-    headers["x-router-provider"] = result.provider
-    headers["x-router-attempts"] = str(result.attempts)
-    headers["Content-Type"] = result.content_type
-    return web.Response(status=result.status, body=result.body, headers=headers)
+                return await request.read()
+        except TimeoutError:
+            raise BodyRefused(408, "request body not received in time", outcome="body_timeout",
+                              closing=True) from None
+        except web.HTTPRequestEntityTooLarge:
+            limit = request.app[STATE].router.policy.server.max_body_bytes
+            raise BodyRefused(413, f"request body is larger than {limit} bytes", code="body_too_large") from None
+        except web.RequestPayloadError:
+            # A body aiohttp cannot decode (Content-Encoding: gzip/deflate over non-compressed
+            # bytes, a broken chunked body) is the client's error, not a 500.
+            raise BodyRefused(400, "request body could not be read (bad encoding or framing)", code="invalid_body",
+                              closing=True) from None
 
+    async def open_stream(self, headers: dict[str, str]) -> None:
+        self.response = _SseResponse(status=200, headers=headers)
+        await self.response.prepare(self.request)
 
-async def _stream(request: web.Request, state: ServerState, chat: ChatRequest, client: str | None,
-                  record: AccessRecord, headers: dict[str, str], started: float) -> web.StreamResponse:
-    stream = state.router.stream(chat, client=client)
-    try:
-        # Nothing, not even headers, goes to the client before the first upstream event:
-        # until then a failure can still fail over invisibly.
-        await stream.start()
-    except RouterError as exc:
-        record.route = _route_of(state, chat)
-        return _fail(record, _with_attempts(exc, headers), outcome_of(exc))
-    except BaseException:
-        await stream.aclose()
-        raise
-    record.route, record.provider, record.attempts = stream.route, stream.provider, stream.attempts
-    headers.update(_SSE_HEADERS)
-    headers["x-router-provider"] = stream.provider or "none"
-    headers["x-router-attempts"] = str(stream.attempts)
-    response = _SseResponse(status=200, headers=headers)
-    record.status = 200
-    done = False  # the router hands over [DONE] once it has counted the request as a success
-    try:
-        await response.prepare(request)
-        record.ttfb_ms = round((time.monotonic() - started) * 1000, 3)
-        async for event in stream:
-            done = event.is_done
-            await response.write(event.raw)
-        record.outcome = "success"
-    except StreamInterrupted as exc:
-        record.outcome = exc.reason  # the error event was already relayed; no [DONE]
-    except asyncio.CancelledError:
-        # Gone before [DONE]: cancelled. Gone while [DONE] was written: the answer was complete and is
-        # counted as a success in /metrics, so the access line says so too (as for a JSON answer).
-        record.outcome = "success" if done else "cancelled"
-        raise
-    except ConnectionError:
-        # The client's reset was noticed between two events: the write failed before aiohttp could
-        # cancel the handler. Same ending as that cancellation, not an internal error.
-        record.outcome = "success" if done else "cancelled"
-        raise asyncio.CancelledError from None
-    finally:
-        await stream.aclose()
-        record.attempts = stream.attempts
-        usage = stream.transcript.usage if stream.transcript else None
-        record.prompt_tokens, record.completion_tokens = usage_counts(usage)
-    return response
+    async def write(self, data: bytes) -> None:
+        assert self.response is not None
+        await self.response.write(data)
 
 
 class _SseResponse(web.StreamResponse):
     # The first event is written right after prepare(): let aiohttp send the headers with it
     # (one send instead of two, as web.Response does) instead of on their own.
     _send_headers_immediately = False
-
-
-def _route_of(state: ServerState, chat: ChatRequest) -> str | None:
-    # Failures are the lines operators search for, so they name the route too: the policy's
-    # route name (a closed set), never the client's raw `model`; None when no route matches.
-    route = state.router.policy.find_route(chat.model)
-    return route.name if route is not None else None
-
-
-def _closing(response: web.Response) -> web.Response:
-    # The rest of the body was not read (stalled, or undecodable), so the connection cannot be reused;
-    # `Connection: close` keeps a keep-alive client from sending its next request into it.
-    response.force_close()
-    return response
-
-
-def _with_attempts(exc: RouterError, headers: dict[str, str]) -> web.Response:
-    attempts = getattr(exc, "attempts", 0)
-    provider = getattr(exc, "provider", None)
-    headers["x-router-attempts"] = str(attempts)
-    if provider:
-        headers["x-router-provider"] = provider
-    return router_error_response(exc, headers)
-
-
-def _refused(state: ServerState, record: AccessRecord, started: float, response: web.Response,
-             outcome: str | None = None) -> web.Response:
-    """A request answered before it reached the router: logged, and counted under the route `unknown`."""
-    _fail(record, response, outcome)
-    _count_refused(state, record.client, record.outcome, started)
-    return response
-
-
-def _count_refused(state: ServerState, client: str, outcome: str, started: float) -> None:
-    observer = state.router.observer
-    observer.request_started(UNKNOWN_ROUTE, client)
-    observer.request_finished(UNKNOWN_ROUTE, client, outcome, time.monotonic() - started)
-
-
-def _fail(record: AccessRecord, response: web.Response, outcome: str | None = None) -> web.Response:
-    record.status = response.status
-    record.attempts = int(response.headers.get("x-router-attempts", "0"))
-    provider = response.headers.get("x-router-provider")
-    record.provider = provider if provider and provider != "none" else None
-    if outcome is not None:
-        record.outcome = outcome
-    else:
-        try:
-            record.outcome = json.loads(response.body)["error"]["code"] or "error"  # type: ignore[arg-type]
-        except (ValueError, KeyError, TypeError):
-            record.outcome = "error"
-    return response
 
 
 async def models(request: web.Request) -> web.Response:
