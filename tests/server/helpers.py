@@ -7,6 +7,7 @@ the suite stays fast; a test overrides only what it is about.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import Iterable, Mapping, Sequence
@@ -148,3 +149,30 @@ def assert_no_leak(*texts: bytes | str | Iterable[str]) -> None:
             value = "\n".join(text)
         for marker in LEAK_MARKERS:
             assert marker not in value, f"{marker!r} leaked in: {value[:500]}"
+
+
+async def read_response(reader: asyncio.StreamReader, within_s: float = 3.0) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response with a Content-Length body; status 0 if the server closed instead."""
+    async with asyncio.timeout(within_s):
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return 0, {}, b""
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines:
+            if ":" in line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        return int(status_line.split()[1]), headers, body
+
+
+def request_head(port: int, length: int) -> bytes:
+    return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n").encode()
+
+
+def port_of(server: Any) -> int:
+    """The port of a `Daemon` (tests.server.conftest)."""
+    return int(server.base_url.rsplit(":", 1)[1])

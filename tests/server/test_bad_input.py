@@ -9,7 +9,7 @@ import time
 
 import aiohttp
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 from router.server import handlers
@@ -20,7 +20,10 @@ from tests.server.helpers import (
     assert_openai_error,
     chat_body,
     make_policy,
+    port_of,
     provider_block,
+    read_response,
+    request_head,
     route_block,
     simple_policy,
     sse_data,
@@ -29,38 +32,12 @@ from tests.server.helpers import (
 VALID = json.dumps(chat_body("hello there")).encode()
 
 
-async def read_response(reader: asyncio.StreamReader, within_s: float = 3.0) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP/1.1 response with a Content-Length body; status 0 if the server closed instead."""
-    async with asyncio.timeout(within_s):
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.IncompleteReadError:
-            return 0, {}, b""
-        status_line, *lines = head.decode("latin-1").split("\r\n")
-        headers = {}
-        for line in lines:
-            if ":" in line:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-        body = await reader.readexactly(int(headers.get("content-length", "0")))
-        return int(status_line.split()[1]), headers, body
-
-
-def request_head(port: int, length: int) -> bytes:
-    return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n").encode()
-
-
 async def still_serving(http: aiohttp.ClientSession, server: Daemon) -> None:
     async with http.post(server.chat_url, data=VALID, headers={"Content-Type": "application/json"}) as response:
         body = await response.json()
     assert response.status == 200, body
     async with http.get(server.url("/healthz")) as health:
-        assert health.status == 200
-
-
-def port_of(server: Daemon) -> int:
-    return int(server.base_url.rsplit(":", 1)[1])
+        assert health.status == 200, (health.status, await health.read(), dict(health.headers))
 
 
 async def test_a_stalled_body_is_answered_408_and_the_server_keeps_serving(
@@ -233,7 +210,10 @@ async def fuzz_target(daemon: DaemonFactory, fake_provider) -> tuple[Daemon, obj
     return await daemon(policy), fake
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# No explain phase: its look at the `json_values` lambdas raises a HypothesisDeprecationWarning (an error
+# here) that replaced the falsifying example in the report.
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+          phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink])
 @given(body=bodies, sent_headers=headers)
 async def test_fuzzed_requests_get_an_openai_answer_never_a_500(fuzz_target, http, body: bytes,
                                                                 sent_headers: dict[str, str]) -> None:
@@ -257,4 +237,4 @@ async def test_fuzzed_requests_get_an_openai_answer_never_a_500(fuzz_target, htt
     else:
         assert_openai_error(raw)
     async with http.get(server.url("/healthz")) as health:
-        assert health.status == 200
+        assert health.status == 200, (health.status, await health.read(), dict(health.headers))
