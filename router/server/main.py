@@ -23,6 +23,7 @@ from router.router import Router
 from router.server.access_log import LineSink, use_sink
 from router.server.app import create_app
 from router.server.demo import start_demo_providers, stop_demo_providers
+from router.server.front import FrontSite
 from router.server.state import STATE, ServerState
 from router.server.workers import WorkerInfo
 
@@ -135,7 +136,7 @@ async def run_daemon(policy: Policy, path: str, host: str, port: int, *, watch: 
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=CANCEL_GRACE_S)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, reuse_port=worker is not None or None)
+        site = FrontSite(runner, host, port, reuse_port=worker is not None or None)
         await site.start()
         if worker is not None:
             await web.UnixSite(runner, worker.socket_path()).start()
@@ -169,6 +170,7 @@ async def run_daemon(policy: Policy, path: str, host: str, port: int, *, watch: 
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         await _drain(runner, state, router.policy.server.drain_timeout_s)
+        await site.shutdown(CANCEL_GRACE_S)  # the fast front's leftovers, as runner.cleanup does aiohttp's
         await runner.cleanup()  # cancels whatever outlived the drain (and its upstream request)
         await stop_demo_providers(demo)
         use_sink(None)  # flushes the last access lines

@@ -14,6 +14,7 @@ from router.metrics import PrometheusObserver
 from router.policy.model import Policy
 from router.router import Router
 from router.server import create_app
+from router.server.front import FrontSite
 from tests.metrics.helpers import Scrape
 
 
@@ -44,7 +45,7 @@ async def metrics_daemon() -> AsyncIterator[Callable[[Policy], Awaitable[Metrics
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         try:
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            await FrontSite(runner, "127.0.0.1", 0).start()
         except BaseException:
             await runner.cleanup()
             raise

@@ -1,8 +1,8 @@
 """Fixtures for the daemon tests.
 
 - `daemon(policy)`: the real app (`create_app(Router(policy))`) on 127.0.0.1, port 0, behind
-  aiohttp's `AppRunner(handler_cancellation=True)` + `TCPSite`, as `router serve` runs it.
-  Every response body it sends (non-streamed) is recorded, and at teardown none of them,
+  aiohttp's `AppRunner(handler_cancellation=True)` + the fast front's `FrontSite`, as `router serve`
+  runs it. Every response body it sends (non-streamed), from either front, is recorded, and at teardown none of them,
   nor any captured log line, may carry a traceback or the providers' key.
 - `cli_daemon(policy_text, *args)`: the real `python -m router.cli serve` in a subprocess,
   for signals, reloads and shutdown; always killed at teardown.
@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -29,6 +29,7 @@ from aiohttp import web
 from router.policy.model import Policy
 from router.router import Router
 from router.server import create_app
+from router.server.front import FrontSite, Tap
 from router.server.state import STATE, ServerState
 from tests.server.helpers import CANARY_KEY, assert_no_leak, env_with_keys, free_port
 
@@ -92,6 +93,15 @@ def _tap(recorded: list[Recorded]) -> Any:
     return tap
 
 
+def _front_tap(recorded: list[Recorded]) -> Tap:
+    """The same record for what the fast front answers itself (it bypasses aiohttp's middlewares)."""
+
+    def tap(status: int, headers: Mapping[str, str], body: bytes | None) -> None:
+        recorded.append(Recorded(status, dict(headers), body))
+
+    return tap
+
+
 DaemonFactory = Callable[..., Awaitable[Daemon]]
 
 
@@ -109,7 +119,7 @@ async def daemon(caplog: pytest.LogCaptureFixture) -> AsyncIterator[DaemonFactor
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         try:
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            await FrontSite(runner, "127.0.0.1", 0, tap=_front_tap(recorded)).start()
         except BaseException:
             await runner.cleanup()
             raise

@@ -8,13 +8,15 @@ import itertools
 import json
 import random
 import time
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
-from aiohttp import web
+import pytest
 
 from router.metrics import PrometheusObserver
 from router.mock import Continue, Hang, Ok, Reset, Status, Stream
-from router.server import handlers
+from router.server import front, handlers
 from tests.server.conftest import DaemonFactory
 from tests.server.helpers import chat_body, simple_policy, sse_data, sse_text
 
@@ -256,8 +258,33 @@ async def test_a_cut_after_commit_continues_on_a_prefill_target_without_repeatin
 
 
 
+def abort_on_write(monkeypatch: pytest.MonkeyPatch, via: str, when: Callable[[bytes], bool]) -> dict[str, bool]:
+    """Abort the client's transport just before the event write that `when` picks, in the front `via`:
+    the fast front, or aiohttp's handler (which the client reaches with `Expect: 100-continue`)."""
+    if via == "fast":
+        cls: Any = front._Exchange
+
+        def transport_of(exchange: Any) -> Any:
+            return exchange._transport
+    else:
+        cls = handlers._SseResponse
+
+        def transport_of(response: Any) -> Any:
+            return response._req.transport
+    write = cls.write
+
+    async def write_after_a_reset(self: Any, data: bytes) -> None:
+        if when(data):
+            transport_of(self).abort()
+        await write(self, data)
+
+    monkeypatch.setattr(cls, "write", write_after_a_reset)
+    return {"expect100": via == "aiohttp"}
+
+
+@pytest.mark.parametrize("via", ["fast", "aiohttp"])
 async def test_a_write_to_a_client_already_gone_ends_as_cancelled_not_as_an_internal_error(
-        daemon: DaemonFactory, fake_provider, http: aiohttp.ClientSession, caplog, monkeypatch) -> None:
+        daemon: DaemonFactory, fake_provider, http: aiohttp.ClientSession, caplog, monkeypatch, via: str) -> None:
     # When the client's connection is lost between two events (its reset processed in the same loop
     # iteration that brought the next upstream event), aiohttp's next write raises
     # ClientConnectionResetError ("Cannot write to closing transport") before the handler is cancelled.
@@ -266,19 +293,10 @@ async def test_a_write_to_a_client_already_gone_ends_as_cancelled_not_as_an_inte
     primary = await fake_provider("primary")
     primary.set_default(Ok(content="0123456789" * 4, chunks=20, interval_s=0.01))
     server = await daemon(simple_policy(primary))
-    writes = 0
-    write = handlers._SseResponse.write
-
-    async def write_after_a_reset(self: web.StreamResponse, data: bytes) -> None:
-        nonlocal writes
-        writes += 1
-        if writes == 3:
-            self._req.transport.abort()  # type: ignore[union-attr]
-        await write(self, data)
-
-    monkeypatch.setattr(handlers._SseResponse, "write", write_after_a_reset)
+    writes = itertools.count(1)
+    options = abort_on_write(monkeypatch, via, lambda data: next(writes) == 3)
     with contextlib.suppress(aiohttp.ClientError):
-        async with http.post(server.chat_url, json=chat_body(stream=True)) as response:
+        async with http.post(server.chat_url, json=chat_body(stream=True), **options) as response:
             await response.read()
 
     await primary.wait_until(lambda: primary.count == 1 and primary.hits[0].ended is not None, within_s=1.0)
@@ -289,24 +307,18 @@ async def test_a_write_to_a_client_already_gone_ends_as_cancelled_not_as_an_inte
     assert [(line["outcome"], line["status"]) for line in access] == [("cancelled", 499)]
 
 
+@pytest.mark.parametrize("via", ["fast", "aiohttp"])
 async def test_a_client_gone_as_done_is_written_is_logged_with_the_outcome_the_metrics_count(
-        daemon: DaemonFactory, fake_provider, http: aiohttp.ClientSession, caplog, monkeypatch) -> None:
+        daemon: DaemonFactory, fake_provider, http: aiohttp.ClientSession, caplog, monkeypatch, via: str) -> None:
     # The router counts a stream as a success when it hands over [DONE]; if the client's connection is
     # lost right then, the daemon logged it as cancelled while /metrics counted a success. The soak
     # (tests/resilience) found 6 such requests in 20,000: the two books disagreed by outcome.
     primary = await fake_provider("primary")
     primary.set_default(Ok(content="complete answer", chunks=3))
     server = await daemon(simple_policy(primary), observer=PrometheusObserver())
-    write = handlers._SseResponse.write
-
-    async def write_after_a_reset(self: web.StreamResponse, data: bytes) -> None:
-        if data == b"data: [DONE]\n\n":
-            self._req.transport.abort()  # type: ignore[union-attr]
-        await write(self, data)
-
-    monkeypatch.setattr(handlers._SseResponse, "write", write_after_a_reset)
+    options = abort_on_write(monkeypatch, via, lambda data: data == b"data: [DONE]\n\n")
     with contextlib.suppress(aiohttp.ClientError):
-        async with http.post(server.chat_url, json=chat_body(stream=True)) as response:
+        async with http.post(server.chat_url, json=chat_body(stream=True), **options) as response:
             await response.read()
     await asyncio.sleep(0.1)
 

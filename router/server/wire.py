@@ -1,0 +1,107 @@
+"""HTTP/1.1 bytes for the fast front: recognise the one request shape it serves, and write answers.
+
+`parse_head` is a recogniser, not a general parser: it accepts only a plain
+`POST /v1/chat/completions HTTP/1.1` head with a Content-Length body, printable ASCII header
+lines and no header that changes the framing or the body (Transfer-Encoding, Content-Encoding,
+Expect, Upgrade), and returns None for everything else. None means aiohttp's own server, with
+its C parser and limits, gets the connection; so each request is read by exactly one parser,
+and this one only says yes to heads on which it cannot disagree with aiohttp.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+
+REQUEST_LINE = b"POST /v1/chat/completions HTTP/1.1"
+MAX_HEAD_BYTES = 8190  # aiohttp's own line and field limit; a longer head is aiohttp's to refuse
+# A field name is an RFC 9110 token; a value is printable ASCII, inner spaces and tabs allowed.
+_FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([!-~](?:[ \t!-~]*[!-~])?)?[ \t]*")
+_REFUSED_FIELDS = frozenset({"transfer-encoding", "content-encoding", "expect", "upgrade"})
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+
+
+class Headers(dict[str, str]):
+    """Request headers keyed by lower-case name: looked up case-insensitively, as aiohttp's are."""
+
+    __slots__ = ()
+
+    def get(self, key: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        return dict.get(self, key.lower(), default)
+
+    def __getitem__(self, key: str) -> str:
+        return dict.__getitem__(self, key.lower())
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and dict.__contains__(self, key.lower())
+
+
+class RequestHead:
+    __slots__ = ("close", "headers", "length")
+
+    def __init__(self, headers: Headers, length: int, close: bool) -> None:
+        self.headers, self.length, self.close = headers, length, close
+
+
+def parse_head(head: bytes, max_body: int) -> RequestHead | None:
+    """The head (without its blank line) if the fast front serves this request, else None."""
+    lines = head.split(b"\r\n")
+    if lines[0] != REQUEST_LINE:
+        return None
+    headers = Headers()
+    for line in lines[1:]:
+        field = _FIELD.fullmatch(line)
+        if field is None:  # obs-fold, a bare CR or LF, a control or non-ASCII byte, no colon...
+            return None
+        name = field[1].decode().lower()
+        if name in headers or name in _REFUSED_FIELDS:  # a repeated field is aiohttp's to judge
+            return None
+        value = field[2]
+        dict.__setitem__(headers, name, value.decode() if value else "")
+    length = dict.get(headers, "content-length")
+    if length is None or not length.isdigit() or len(length) > 12 or int(length) > max_body:
+        return None  # no body (an error anyway), or too large: aiohttp answers either
+    tokens = {token.strip().lower() for token in dict.get(headers, "connection", "").split(",")}
+    if "upgrade" in tokens:
+        return None
+    return RequestHead(headers, int(length), "close" in tokens)
+
+
+_date: list[object] = [0, b""]
+
+
+def date_line() -> bytes:
+    """The Date header, formatted once a second."""
+    now = int(time.time())
+    if _date[0] != now:
+        _date[0], _date[1] = now, b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+    return _date[1]  # type: ignore[return-value]
+
+
+def answer_head(status: int, headers: object, *, length: int | None, close: bool) -> bytes:
+    """Status line and header block. `length=None` means a chunked body. `headers` is a mapping or
+    a multidict; a value with a CR or LF (header injection) raises ValueError."""
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
+    count = 0
+    for name, value in headers.items():  # type: ignore[attr-defined]
+        lines.append(f"{name}: {value}\r\n".encode())
+        count += 1
+    lines.append(b"Transfer-Encoding: chunked\r\n" if length is None else b"Content-Length: %d\r\n" % length)
+    lines.append(date_line())
+    if close:
+        lines.append(b"Connection: close\r\n")
+        count += 1
+    lines.append(b"\r\n")
+    head = b"".join(lines)
+    if head.count(b"\n") != count + 4 or head.count(b"\r") != count + 4:
+        raise ValueError("a header value holds a line break")
+    return head
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
