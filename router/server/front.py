@@ -170,9 +170,9 @@ class _Connection(asyncio.Protocol):
         exchange = _Exchange(self, transport, head.headers, body)
         response = await serve_chat(self._front.state, exchange)
         close = head.close or self._front.closing
+        tap = self._front.tap
         if response is None:  # an event stream was relayed: end it
             transport.write(exchange.pending() + wire.LAST_CHUNK)
-            tap = self._front.tap
             if tap is not None:
                 tap(200, exchange.stream_headers, None)
         elif exchange.stream_headers:
@@ -190,7 +190,6 @@ class _Connection(asyncio.Protocol):
                 payload = _INTERNAL_ERROR
                 close = True
             transport.write(payload)
-            tap = self._front.tap
             if tap is not None:
                 tap(response.status, dict(response.headers), body)
         self.task = None

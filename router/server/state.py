@@ -22,7 +22,8 @@ class ServerState:
     # The metrics served at /metrics (build info and reloads included); normally also the router's observer.
     metrics: PrometheusObserver = field(default_factory=PrometheusObserver)
     draining: bool = False
-    # Requests being handled, so shutdown can wait for them (main._drain); filled by app.track_in_flight.
+    # Requests being handled, so shutdown can wait for them (main._drain); filled by chat.serve_chat and
+    # app.guarded.
     in_flight: set[asyncio.Task[Any]] = field(default_factory=set)
     reloads: dict[str, int] = field(default_factory=lambda: {"success": 0, "failure": 0})
     worker: WorkerInfo | None = None  # set when this process is one of `serve --workers N`
