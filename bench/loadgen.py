@@ -34,7 +34,7 @@ import random
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -275,6 +275,7 @@ class LoadRun:
     ended: float = 0.0
     late_starts: int = 0  # open loop: requests sent more than 50 ms after their due time
     max_start_lag: float = 0.0
+    max_loop_lag: float = 0.0  # this process's event loop: the longest a 5 ms timer ran late
 
     @property
     def duration(self) -> float:
@@ -326,6 +327,29 @@ async def run_load(config: LoadConfig, *, stop: asyncio.Event | None = None,
         if on_result is not None:
             on_result(result)
 
+    probe = asyncio.create_task(_probe_loop_lag(run))
+    try:
+        await _drive(run, config, stop, record, keep_going, counter)
+    finally:
+        probe.cancel()
+    run.ended = time.monotonic()
+    return run
+
+
+_PROBE_INTERVAL_S = 0.005
+
+
+async def _probe_loop_lag(run: LoadRun) -> None:
+    """How late this loop runs what is due: the fake providers living in this process read their
+    requests just as late, which is how long after it was sent a provider may see an attempt."""
+    while True:
+        due = time.monotonic() + _PROBE_INTERVAL_S
+        await asyncio.sleep(_PROBE_INTERVAL_S)
+        run.max_loop_lag = max(run.max_loop_lag, time.monotonic() - due)
+
+
+async def _drive(run: LoadRun, config: LoadConfig, stop: asyncio.Event, record: Callable[[Result], None],
+                 keep_going: Callable[[], bool], counter: Iterator[int]) -> None:
     async with new_session(config.concurrency) as session:
         if config.rate is None:
             async def worker() -> None:
@@ -362,8 +386,6 @@ async def run_load(config: LoadConfig, *, stop: asyncio.Event | None = None,
                 task.add_done_callback(tasks.discard)
             if tasks:
                 await asyncio.gather(*tasks)
-    run.ended = time.monotonic()
-    return run
 
 
 # -- what the daemon says about itself -----------------------------------------------------------

@@ -102,16 +102,27 @@ class DisconnectEffects:
     first_after: list[float]  # first attempts that started after their client had gone: how long after
     late_attempts: list[float]  # retries or failovers that started after their client had gone: how long after
     unclosed: list[str]  # request ids with an attempt still open when checked
+    # Retries or failovers after the client left that neither the daemon's read lag (the latest first
+    # attempt read after its client left) nor the daemon's own record of the request (its access line,
+    # when `ended` is given) explains.
+    unexplained: list[str] = field(default_factory=list)
 
 
-def disconnect_effects(results: list[Result], watched: Mapping[str, list[Hit]]) -> DisconnectEffects:
+def disconnect_effects(results: list[Result], watched: Mapping[str, list[Hit]],
+                       ended: Mapping[str, float] | None = None, provider_lag: float = 0.0) -> DisconnectEffects:
     """What the providers saw of the requests the client abandoned (their hits, by request id).
 
     A first attempt may start after the client left when the daemon reads the request only after
     the client closed (a busy daemon reads the request, then the close); a retry or a failover
     starting after the client left is an attempt the router should not have made, unless it had
-    not read the close yet either (so the test keeps the daemon far from saturation)."""
+    not read the close yet either (so the test keeps the daemon far from saturation).
+
+    `ended` (request id -> this process's monotonic time of the daemon's access line) tells,
+    request by request, when the daemon was done with it: an attempt it sent before reaches the
+    provider by then plus `LOGGED_END_SLACK_S`, plus twice `provider_lag`, the worst lag of the
+    providers' event loop (one turn to read the request, one to start its handler)."""
     effects = DisconnectEffects(0, [], [], [], [])
+    late: list[tuple[str, float, float]] = []  # request id, seconds after the client left, ... after the daemon's end
     for r in results:
         if r.disconnected_at is None:
             continue
@@ -124,9 +135,33 @@ def disconnect_effects(results: list[Result], watched: Mapping[str, list[Hit]]) 
                 effects.unclosed.append(r.request_id)
                 continue
             effects.close_delays.append(hit.ended - r.disconnected_at)
-            if hit.started > r.disconnected_at:
-                (effects.late_attempts if index else effects.first_after).append(hit.started - r.disconnected_at)
+            if hit.started <= r.disconnected_at:
+                continue
+            if not index:
+                effects.first_after.append(hit.started - r.disconnected_at)
+                continue
+            effects.late_attempts.append(hit.started - r.disconnected_at)
+            end = None if ended is None else ended.get(r.request_id)
+            late.append((r.request_id, hit.started - r.disconnected_at, math.inf if end is None else hit.started - end))
+    read_lag = max(LOGGED_END_SLACK_S, *effects.first_after)
+    delivery = LOGGED_END_SLACK_S + 2 * provider_lag
+    effects.unexplained = [f"{rid}: {after * 1000:.1f} ms after the client left, {past_end * 1000:.1f} ms after "
+                           f"the daemon logged its end (read lag {read_lag * 1000:.1f} ms, allowed after the end "
+                           f"{delivery * 1000:.1f} ms)"
+                           for rid, after, past_end in late if after > read_lag and past_end > delivery]
     return effects
+
+
+# An attempt the daemon sent just before it finished a request reaches the provider a moment later;
+# the access line's `ts` has millisecond resolution.
+LOGGED_END_SLACK_S = 0.010
+
+
+def logged_ends(lines: list[dict[str, Any]]) -> dict[str, float]:
+    """Request id -> when the daemon wrote its access line, on this process's monotonic clock (the
+    line's `ts` is wall-clock time; both processes read the same machine's clocks)."""
+    offset = time.time() - time.monotonic()
+    return {str(line["request_id"]): float(line["ts"]) - offset for line in lines if "ts" in line}
 
 
 # -- 1. the soak ------------------------------------------------------------------------------------
@@ -163,6 +198,8 @@ class SoakReport:
     close_delays: list[float]  # upstream attempt in flight at a disconnect: seconds until closed
     first_after: list[float]  # first attempts started after their client had gone: seconds after
     late_attempts: list[float]  # retries/failovers started after their client had gone: seconds after
+    late_unexplained: list[str]  # ... later than the daemon's read lag and than its own end of the request
+    loop_lag: float  # the load generator's and fake providers' event loop: its worst lag
     unclosed: list[str]  # in-flight attempts still open when checked
     daemon_errors: list[str]
     restarts: int
@@ -188,7 +225,9 @@ class SoakReport:
             f"after max {max(self.close_delays, default=0) * 1000:.1f} ms / p99 "
             f"{percentile(self.close_delays, 99) * 1000:.1f} ms; first attempts read after the client left "
             f"{len(self.first_after)} (max {max(self.first_after, default=0) * 1000:.1f} ms after); retries or "
-            f"failovers after it {len(self.late_attempts)} (max {max(self.late_attempts, default=0) * 1000:.1f} ms)",
+            f"failovers after it {len(self.late_attempts)} (max {max(self.late_attempts, default=0) * 1000:.1f} ms, "
+            f"{len(self.late_unexplained)} neither the daemon's read lag nor its end of the request explains; "
+            f"this process's loop lag max {self.loop_lag * 1000:.1f} ms)",
             f"  latency p50 {self.latencies.get('p50', 0):.3f} s p99 {self.latencies.get('p99', 0):.3f} s "
             f"max {self.latencies.get('max', 0):.3f} s",
             f"  faults drawn at the providers {dict(self.faults_drawn.most_common())}",
@@ -270,7 +309,7 @@ def _soak_report(run: LoadRun, providers: SoakProviders, lines: list[dict[str, A
             mismatches.append(f"{r.request_id}: x-router-attempts {r.attempts}, {line['attempts']} logged")
     never_reached_with_hits = [rid for rid in never_reached if providers.watched.get(rid)]
 
-    effects = disconnect_effects(results, providers.watched)
+    effects = disconnect_effects(results, providers.watched, logged_ends(lines), run.max_loop_lag)
     latencies = [r.latency for r in results if r.outcome != CANCELLED]
     access_by_outcome = Counter(str(line["outcome"]) for line in lines)
     return SoakReport(
@@ -290,7 +329,8 @@ def _soak_report(run: LoadRun, providers: SoakProviders, lines: list[dict[str, A
         in_flight_after=metrics.get("llm_router_requests_in_flight"),
         never_reached=never_reached, never_reached_with_hits=never_reached_with_hits, mismatches=mismatches,
         disconnects=effects.disconnects, close_delays=effects.close_delays, first_after=effects.first_after,
-        late_attempts=effects.late_attempts, unclosed=effects.unclosed,
+        late_attempts=effects.late_attempts, late_unexplained=effects.unexplained, loop_lag=run.max_loop_lag,
+        unclosed=effects.unclosed,
         daemon_errors=daemon_errors(stderr), restarts=providers.restarts, faults_drawn=providers.faults_drawn(),
         latencies={"p50": percentile(latencies, 50), "p99": percentile(latencies, 99),
                    "max": max(latencies, default=0.0)})

@@ -66,9 +66,12 @@ async def test_twenty_thousand_requests_under_mixed_faults_each_end_in_exactly_o
 
     # A client that walks away: every upstream attempt of its request open then, or opened by a daemon that
     # had not read the close yet, is closed within 1 s. At this load the daemon reads its sockets late
-    # (it starts first attempts of requests whose client had already left up to ~0.1 s after): a retry or
-    # failover may start after a client left only within that lag. test_deadlines_and_disconnects.py
-    # checks, at a load that leaves the daemon no lag, that none starts after 10 ms.
+    # (it starts first attempts of requests whose client had already left up to ~0.2 s after), so a retry
+    # or failover may start after a client left within that lag, or before the daemon was done with that
+    # very request (its access line's time, plus the fake providers' own loop lag to see the attempt).
+    # Comparing with the worst read lag alone failed once in CI: 215.6 ms against 204.8 ms.
+    # test_deadlines_and_disconnects.py checks, at a load that leaves both sides no lag, that none
+    # starts after 10 ms.
     assert report.unclosed == []
     assert max(report.close_delays, default=0.0) < 1.0
-    assert max(report.late_attempts, default=0.0) <= max(0.010, *report.first_after)
+    assert report.late_unexplained == []
