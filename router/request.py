@@ -8,6 +8,7 @@ Model ids are opaque strings (never split on ':' or '/').
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -64,7 +65,7 @@ class ChatRequest:
         """The client's body with only `model` replaced."""
         if upstream_model == self.model:
             return self.body
-        encoded = json.dumps(upstream_model, ensure_ascii=False).encode()
+        encoded = _encoded_model(upstream_model) if len(upstream_model) <= 200 else _encoded(upstream_model)
         if self._model_span is None:  # no top-level key found by the scanner: re-encode (never expected)
             return json.dumps({**_exact(self.body), "model": upstream_model}, ensure_ascii=False).encode()
         start, end = self._model_span
@@ -76,6 +77,15 @@ class ChatRequest:
         messages = [*original["messages"], {"role": "assistant", "content": text_so_far}]
         payload = {**original, "model": upstream_model, "messages": messages}
         return json.dumps(payload, ensure_ascii=False).encode()
+
+
+def _encoded(model: str) -> bytes:
+    return json.dumps(model, ensure_ascii=False).encode()
+
+
+# Upstream model names mostly come from the policy, a few strings; a route that passes the client's
+# name through could feed it any, hence the bounded size (of the cache, and of what is kept in it).
+_encoded_model = functools.lru_cache(maxsize=1024)(_encoded)
 
 
 def _exact(raw: bytes) -> dict[str, Any]:

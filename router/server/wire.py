@@ -17,8 +17,13 @@ from http import HTTPStatus
 
 REQUEST_LINE = b"POST /v1/chat/completions HTTP/1.1"
 MAX_HEAD_BYTES = 8190  # aiohttp's own line and field limit; a longer head is aiohttp's to refuse
-# A field name is an RFC 9110 token; a value is printable ASCII, inner spaces and tabs allowed.
-_FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([!-~](?:[ \t!-~]*[!-~])?)?[ \t]*")
+# A field name is an RFC 9110 token; a value is printable ASCII, inner spaces and tabs allowed. The
+# whole head is checked by one match (a loop over lines cost ~10 µs a request, 4x that with cold caches),
+# then the fields are read from the checked text.
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_VALUE = r"(?:[!-~](?:[ \t!-~]*[!-~])?)?"
+_HEAD = re.compile(rf"POST /v1/chat/completions HTTP/1\.1(?:\r\n{_TOKEN}:[ \t]*{_VALUE}[ \t]*)*")
+_FIELDS = re.compile(rf"\r\n({_TOKEN}):[ \t]*({_VALUE})")
 _REFUSED_FIELDS = frozenset({"transfer-encoding", "content-encoding", "expect", "upgrade"})
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
@@ -47,23 +52,20 @@ class RequestHead:
 
 def parse_head(head: bytes, max_body: int) -> RequestHead | None:
     """The head (without its blank line) if the fast front serves this request, else None."""
-    lines = head.split(b"\r\n")
-    if lines[0] != REQUEST_LINE:
+    text = head.decode("latin-1")  # every byte maps to one character; _HEAD then admits ASCII only
+    if _HEAD.fullmatch(text) is None:  # obs-fold, a bare CR or LF, a control or non-ASCII byte, no colon...
         return None
-    headers = Headers()
-    for line in lines[1:]:
-        field = _FIELD.fullmatch(line)
-        if field is None:  # obs-fold, a bare CR or LF, a control or non-ASCII byte, no colon...
-            return None
-        name = field[1].decode().lower()
-        if name in headers or name in _REFUSED_FIELDS:  # a repeated field is aiohttp's to judge
-            return None
-        value = field[2]
-        dict.__setitem__(headers, name, value.decode() if value else "")
+    fields = _FIELDS.findall(text)
+    headers = Headers({name.lower(): value for name, value in fields})
+    if len(headers) != len(fields) or not _REFUSED_FIELDS.isdisjoint(headers):
+        return None  # a repeated field is aiohttp's to judge
     length = dict.get(headers, "content-length")
     if length is None or not length.isdigit() or len(length) > 12 or int(length) > max_body:
         return None  # no body (an error anyway), or too large: aiohttp answers either
-    tokens = {token.strip().lower() for token in dict.get(headers, "connection", "").split(",")}
+    connection = dict.get(headers, "connection")
+    if connection is None:
+        return RequestHead(headers, int(length), False)
+    tokens = {token.strip().lower() for token in connection.split(",")}
     if "upgrade" in tokens:
         return None
     return RequestHead(headers, int(length), "close" in tokens)

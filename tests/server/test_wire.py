@@ -33,8 +33,15 @@ def test_connection_close_is_seen(connection: str, close: bool) -> None:
 
 
 def test_an_empty_header_value_is_accepted() -> None:
-    parsed = wire.parse_head(head(*PLAIN, "X-Empty:"), MAX_BODY)
-    assert parsed is not None and parsed.headers["x-empty"] == ""
+    parsed = wire.parse_head(head(*PLAIN, "X-Empty:", "X-Blank: \t ", "X-After: a"), MAX_BODY)
+    assert parsed is not None and parsed.headers["x-empty"] == "" and parsed.headers["x-blank"] == ""
+    assert parsed.headers["x-after"] == "a"
+
+
+def test_tabs_around_a_value_are_trimmed_and_kept_inside_it() -> None:
+    parsed = wire.parse_head(head(*PLAIN, "X-Tabs:\tinner\tvalue \t", "x-last:z  "), MAX_BODY)
+    assert parsed is not None
+    assert parsed.headers["x-tabs"] == "inner\tvalue" and parsed.headers["x-last"] == "z"
 
 
 @pytest.mark.parametrize("request_line", [
@@ -71,6 +78,7 @@ def test_any_other_request_line_goes_to_aiohttp(request_line: str) -> None:
     ("Content-Length: 42", "X-A: bare\nLF"),
     ("Content-Length: 42", "X-A: bare\rCR"),
     ("Content-Length: 42", "X-A: nul\x00byte"),
+    ("Content-Length: 42", "X-A: del\x7f"),
     ("Content-Length: 42", "X-A: caf\xe9"),                          # non-ASCII: aiohttp decodes it its way
     ("Content-Length: 42", "X(A): bad token"),
     ("Content-Length: 42", ""),                                     # an empty line inside the head
