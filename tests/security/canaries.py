@@ -18,6 +18,12 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+# Every logger a library or the router may write to, named so it exists (and can be set to DEBUG)
+# before the code under test first uses it: the in-process fixtures and debug_serve both do.
+LIBRARY_LOGGERS = ("aiohttp", "aiohttp.access", "aiohttp.client", "aiohttp.internal", "aiohttp.server",
+                   "aiohttp.web", "aiohttp.websocket", "asyncio", "router", "router.access", "router.server",
+                   "router.demo")
+
 # Environment variable -> canary. Provider keys reach their own provider and nothing else;
 # client keys reach nothing at all (the daemon only compares their digests).
 PROVIDER_KEYS: Mapping[str, str] = {

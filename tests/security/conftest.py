@@ -19,16 +19,12 @@ import aiohttp
 import pytest
 from multidict import CIMultiDictProxy
 
-from tests.security.canaries import LeakWatch
+from tests.security.canaries import LIBRARY_LOGGERS, LeakWatch
 from tests.server.conftest import daemon  # noqa: F401  (the in-process daemon fixture, reused)
 
 # Every attribute a plain LogRecord has; anything else on a record was passed as `extra=`.
 _STANDARD_RECORD_KEYS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 _FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(pathname)s:%(lineno)d: %(message)s")
-# Named explicitly so they exist (and are set to DEBUG) before the code under test first uses them.
-_LIBRARY_LOGGERS = ("aiohttp", "aiohttp.access", "aiohttp.client", "aiohttp.internal", "aiohttp.server",
-                    "aiohttp.web", "aiohttp.websocket", "asyncio", "router", "router.access", "router.server",
-                    "router.demo")
 
 
 class _Capture(logging.Handler):
@@ -56,7 +52,7 @@ def leak_watch() -> Iterator[LeakWatch]:
     watch = LeakWatch()
     handler = _Capture(watch)
     root = logging.getLogger()
-    for name in _LIBRARY_LOGGERS:
+    for name in LIBRARY_LOGGERS:
         logging.getLogger(name)
     loggers = [root, *(logger for logger in logging.root.manager.loggerDict.values()
                        if isinstance(logger, logging.Logger))]

@@ -15,15 +15,14 @@ import sys
 
 from router import cli
 from router.server import main as server_main
+from tests.security.canaries import LIBRARY_LOGGERS
 
-LOUD = ("aiohttp", "aiohttp.access", "aiohttp.client", "aiohttp.internal", "aiohttp.server", "aiohttp.web",
-        "aiohttp.websocket", "asyncio", "router")
 _daemon_setup = server_main.setup_logging
 
 
 def setup_logging(level: str) -> None:
     _daemon_setup(level)
-    for name in LOUD:
+    for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG)
 
 

@@ -581,15 +581,18 @@ async def test_bytes_after_a_complete_answer_fail_the_exchange_and_retire_the_co
 
 async def test_bytes_on_an_idle_connection_retire_it(serve: ServerFactory,
                                                      make_transport: TransportFactory) -> None:
+    idle = asyncio.Event()  # the answer was read: the connection is back in the pool
+
     async def then_unsolicited(request: Request, peer: Peer) -> None:
         await dribble(peer.writer, response())
-        await asyncio.sleep(0.05)
+        await idle.wait()
         await dribble(peer.writer, b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
 
     server = await serve(then_unsolicited)
     prov = provider(server.base_url)
     transport = make_transport(prov)
     assert await (await transport.send(outgoing(prov))).read() == COMPLETION
+    idle.set()
     await eventually(lambda: server.peers[0].eof.is_set() or server.peers[0].writer.is_closing())
     server.handler = answer(response())
     assert await (await transport.send(outgoing(prov))).read() == COMPLETION
