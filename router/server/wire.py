@@ -22,7 +22,7 @@ MAX_HEAD_BYTES = 8190  # aiohttp's own line and field limit; a longer head is ai
 # then the fields are read from the checked text.
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _VALUE = r"(?:[!-~](?:[ \t!-~]*[!-~])?)?"
-_HEAD = re.compile(rf"POST /v1/chat/completions HTTP/1\.1(?:\r\n{_TOKEN}:[ \t]*{_VALUE}[ \t]*)*")
+_HEAD = re.compile(rf"{re.escape(REQUEST_LINE.decode())}(?:\r\n{_TOKEN}:[ \t]*{_VALUE}[ \t]*)*")
 _FIELDS = re.compile(rf"\r\n({_TOKEN}):[ \t]*({_VALUE})")
 _REFUSED_FIELDS = frozenset({"transfer-encoding", "content-encoding", "expect", "upgrade"})
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
