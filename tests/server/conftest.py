@@ -184,14 +184,6 @@ class CliDaemon:
     def write_policy(self, text: str) -> None:
         write_text(self.policy_path, text)
 
-    async def wait_for_stderr(self, text: str, within_s: float = 5.0) -> None:
-        """Until the daemon's log holds `text` (it is written line by line, so polling finds it)."""
-        deadline = time.monotonic() + within_s
-        while text not in self.stderr():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{text!r} not in the daemon's log within {within_s}s:\n{self.stderr()}")
-            await asyncio.sleep(0.01)
-
     async def wait_exit(self, timeout_s: float) -> int | None:
         """The exit code, or None if still running after `timeout_s`."""
         with contextlib.suppress(TimeoutError):

@@ -141,7 +141,7 @@ async def test_a_second_signal_during_the_drain_does_not_cut_it(cli_daemon: CliF
         request = asyncio.ensure_future(http.post(daemon.url("/v1/chat/completions"), json=chat_body()))
         await slow.wait_for_hits(1, within_s=3)
         daemon.proc.send_signal(sig)
-        await daemon.wait_for_stderr("draining:")
+        await wait_for_stderr(daemon, "draining:", within_s=5)
         daemon.proc.send_signal(sig)
         async with await request as response:
             status = response.status
