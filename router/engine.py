@@ -36,7 +36,7 @@ from router.breaker import Permit
 from router.classify import Action, Reason, Verdict
 from router.clock import Clock
 from router.errors import NoTargetAvailable, RateLimited, RouterError, UpstreamError
-from router.events import Observer
+from router.observe.observer import Observer
 from router.planner import Decision, GiveUp, Go, Progress, plan
 from router.policy.model import Policy, Route, Target
 from router.request import ChatRequest

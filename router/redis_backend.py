@@ -29,7 +29,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from router.backends import ApplyHealth
 from router.clock import Clock
-from router.events import Observer
+from router.observe.observer import Observer
 from router.policy.model import StatePolicy
 from router.quota import REQUESTS, TOKENS, UNAVAILABLE, MemoryQuota, Quota, QuotaSpec, Rate
 from router.redis_scripts import BUCKETS, HEALTH

@@ -25,7 +25,7 @@ from router.clock import Clock, SystemClock
 from router.completion import ChatResult, attempt_completion
 from router.engine import Call, Engine, Snapshot, outcome_of
 from router.errors import InvalidRequest, PolicyError, RateLimited, RouteNotAllowed, RouterError, UnknownRoute
-from router.events import UNKNOWN_ROUTE, NullObserver, Observer
+from router.observe.observer import UNKNOWN_ROUTE, NullObserver, Observer
 from router.policy import load_policy
 from router.policy.model import Client, Policy
 from router.quota import REQUESTS, TOKENS, UNAVAILABLE

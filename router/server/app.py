@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import HttpVersion11, web
 
-from router.metrics import CollectorRegistry, PrometheusObserver
+from router.observe.prometheus import CollectorRegistry, PrometheusObserver
 from router.router import Router
 from router.server import handlers
 from router.server.auth import ClientKeys

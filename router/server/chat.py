@@ -17,7 +17,7 @@ from aiohttp import web
 
 from router.engine import outcome_of, usage_counts
 from router.errors import InvalidRequest, RouterError, StreamInterrupted
-from router.events import UNKNOWN_ROUTE
+from router.observe.observer import UNKNOWN_ROUTE
 from router.request import ChatRequest, clean_request_id, parse_chat_request
 from router.server.access_log import AccessRecord, log_access
 from router.server.errors import error_response, http_error_response, internal_error_response, router_error_response

@@ -16,7 +16,7 @@ import sys
 from aiohttp import web
 
 from router.errors import PolicyError
-from router.metrics import PrometheusObserver
+from router.observe.prometheus import PrometheusObserver
 from router.policy import load_policy
 from router.policy.model import Policy
 from router.router import Router

@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from router.metrics import PrometheusObserver
+from router.observe.prometheus import PrometheusObserver
 from router.router import Router
 from router.server.auth import ClientKeys
 from router.server.workers import WorkerInfo

@@ -326,7 +326,7 @@ def test_dockerfile_copies_enough_to_build_the_package(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
-    assert {"router/cli.py", "router/server/main.py", "router/metrics.py"} <= names
+    assert {"router/cli.py", "router/server/main.py", "router/observe/prometheus.py"} <= names
     assert "router = router.cli:main" in entry_points
 
 
@@ -420,12 +420,13 @@ def test_dashboard_shows_every_public_metric() -> None:
 
 
 def registered_metric_names() -> set[str]:
-    """The names `router.metrics.PrometheusObserver` registers (what the daemon serves at /metrics)."""
+    """The names `router.observe.prometheus.PrometheusObserver` registers (what the daemon serves at /metrics)."""
     try:
-        from router.metrics import PrometheusObserver
+        from router.observe.prometheus import PrometheusObserver
     except ImportError as exc:
-        pytest.fail(f"router.metrics.PrometheusObserver cannot be imported ({exc}), so the dashboard and the "
-                    "alerts cannot be checked against the metrics the router really registers", pytrace=False)
+        pytest.fail(f"router.observe.prometheus.PrometheusObserver cannot be imported ({exc}), so the "
+                    "dashboard and the alerts cannot be checked against the metrics the router really registers",
+                    pytrace=False)
     from prometheus_client import CollectorRegistry
 
     names = set()
@@ -438,8 +439,8 @@ def registered_metric_names() -> set[str]:
 def test_dashboard_and_alerts_name_only_metrics_the_router_registers() -> None:
     registered = registered_metric_names()
     for source, names in referenced_metrics().items():
-        assert names - registered == set(), f"{source} uses metrics router.metrics does not register"
-    assert registered == EXPORTED_METRICS, "the public list (README, DESIGN.md) and router.metrics disagree"
+        assert names - registered == set(), f"{source} uses metrics router.observe.prometheus does not register"
+    assert registered == EXPORTED_METRICS, "the public list (README, DESIGN.md) and router.observe.prometheus disagree"
 
 
 # --- alerts ---------------------------------------------------------------------------------------

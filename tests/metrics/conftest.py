@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from router.metrics import PrometheusObserver
+from router.observe.prometheus import PrometheusObserver
 from router.policy.model import Policy
 from router.router import Router
 from router.server import create_app

@@ -16,7 +16,7 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.events import NullObserver
+from router.observe.observer import NullObserver
 from router.policy import parse_policy
 from router.policy.model import Policy
 from router.sse import SseEvent, SseParser

@@ -12,8 +12,8 @@ import random
 import uuid
 
 from router import RouterError
-from router.events import UNKNOWN_ROUTE
-from router.metrics import PrometheusObserver
+from router.observe.observer import UNKNOWN_ROUTE
+from router.observe.prometheus import PrometheusObserver
 from router.router import Router
 from router.transport import Outgoing
 from tests.metrics.helpers import MemoryReply, MemoryTransport, Scrape, error, ok, policy

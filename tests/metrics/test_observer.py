@@ -2,7 +2,7 @@
 
 The first half calls the hooks directly and reads the registry back through the
 Prometheus text format; the second drives `Router` with an in-memory transport and
-checks the reporting contract of `router/events.py`: each started request finishes
+checks the reporting contract of `router/observe/observer.py`: each started request finishes
 exactly once (streams and cancellations included), each attempt is reported once,
 stream gaps and malformed events name the provider.
 """
@@ -19,8 +19,8 @@ from prometheus_client import CollectorRegistry
 
 from router import InvalidRequest, RateLimited, Router, UnknownRoute, UpstreamError
 from router._version import __version__
-from router.events import UNKNOWN_ROUTE
-from router.metrics import DURATION_BUCKETS, FINE_BUCKETS, PrometheusObserver, start_exporter
+from router.observe.observer import UNKNOWN_ROUTE
+from router.observe.prometheus import DURATION_BUCKETS, FINE_BUCKETS, PrometheusObserver, start_exporter
 from tests.metrics.helpers import (
     CountingObserver,
     HangingTransport,

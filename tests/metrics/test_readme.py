@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-import router.metrics
-from router.metrics import PrometheusObserver
+import router.observe.prometheus
+from router.observe.prometheus import PrometheusObserver
 from tests.metrics.helpers import Scrape
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -40,14 +40,14 @@ async def test_the_embedded_exporter_example_runs(monkeypatch: pytest.MonkeyPatc
     source = re.search(r"```python\n(.*?)```", _section(), re.DOTALL)
     assert source is not None
     started: list[Any] = []
-    real = router.metrics.start_exporter
+    real = router.observe.prometheus.start_exporter
 
     def on_a_free_port(port: int, registry: Any = None, addr: str = "127.0.0.1") -> Any:
         assert port == 9464
         started.append(real(0, registry, addr))
         return started[-1]
 
-    monkeypatch.setattr(router.metrics, "start_exporter", on_a_free_port)
+    monkeypatch.setattr(router.observe.prometheus, "start_exporter", on_a_free_port)
     monkeypatch.chdir(README.parent)
     namespace: dict[str, Any] = {}
     exec(compile(source.group(1), str(README), "exec"), namespace)

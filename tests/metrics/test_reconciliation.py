@@ -18,8 +18,8 @@ from typing import Any
 
 import aiohttp
 
-from router.events import UNKNOWN_ROUTE
 from router.mock import Hit, Ok, Status, Stream
+from router.observe.observer import UNKNOWN_ROUTE
 from tests.metrics.conftest import MetricsDaemon
 from tests.metrics.helpers import Scrape
 from tests.server.helpers import CLIENT_ENV, CLIENT_KEY, bearer, make_policy, provider_block, route_block, sse_data

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from router.clock import SystemClock
-from router.events import NullObserver
+from router.observe.observer import NullObserver
 from router.policy.model import StatePolicy
 from router.quota import REQUESTS, TOKENS, QuotaSpec, Rate
 from router.redis_backend import RedisBackend

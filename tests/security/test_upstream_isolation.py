@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from router.metrics import PrometheusObserver
 from router.mock import FakeProvider, Status
+from router.observe.prometheus import PrometheusObserver
 from tests.security.canaries import ALPHA_KEY, BATCH_KEY, BETA_KEY, CANARY_ENV, WEB_KEY
 from tests.security.conftest import WatchedHttp
 from tests.security.scenarios import assert_provider_saw_only_its_own_key

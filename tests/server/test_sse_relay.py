@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from router.metrics import PrometheusObserver
 from router.mock import Continue, Hang, Ok, Reset, Status, Stream
+from router.observe.prometheus import PrometheusObserver
 from router.server import front, handlers
 from tests.server.conftest import DaemonFactory
 from tests.server.helpers import chat_body, simple_policy, sse_data, sse_text

@@ -16,7 +16,7 @@ import pytest
 
 from router import NoTargetAvailable, RateLimited, Router, UpstreamError
 from router.clock import FakeClock
-from router.events import NullObserver
+from router.observe.observer import NullObserver
 from router.policy.model import (
     BreakerPolicy,
     Policy,

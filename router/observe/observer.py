@@ -1,7 +1,7 @@
 """The engine's observation seam: what happened, reported to an injected sink.
 
 The engine calls these hooks and knows nothing about Prometheus; the metrics
-exporter (`router.metrics.PrometheusObserver`) and tests implement `Observer`.
+exporter (`router.observe.prometheus.PrometheusObserver`) and tests implement `Observer`.
 Labels passed here come from a closed set: route and provider names from the
 policy, client names of the policy (or `-`), `Reason` values and the outcomes of
 `engine.outcome_of`. A request refused before a route was resolved (unknown

@@ -6,7 +6,7 @@
 
 The daemon builds one and serves its registry at `/metrics`. The names are public
 API (the dashboards and alert rules in deploy/ depend on them); every one is listed
-in the README. Label values come only from closed sets (see `router/events.py`):
+in the README. Label values come only from closed sets (see `router/observe/observer.py`):
 policy route, provider, target and client names, `Reason` values and the engine's
 request outcomes.
 
@@ -109,7 +109,7 @@ class _Collector:
 
 
 class PrometheusObserver:
-    """Implements `router.events.Observer`; its metrics are collected by `registry`.
+    """Implements `router.observe.observer.Observer`; its metrics are collected by `registry`.
 
     Without a registry it makes its own (two routers in one process share nothing).
     Registering two observers into one registry raises prometheus_client's duplicate error.

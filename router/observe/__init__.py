@@ -1,0 +1,1 @@
+"""What the router reports about itself: the `Observer` seam and its Prometheus implementation."""
