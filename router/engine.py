@@ -30,17 +30,17 @@ from typing import Any, TypeVar
 from tenacity import AsyncRetrying, RetryCallState
 
 from router import jsonio
-from router.backends import StateBackend
 from router.backoff import full_jitter
-from router.breaker import Permit
 from router.classify import Action, Reason, Verdict
 from router.clock import Clock
 from router.errors import NoTargetAvailable, RateLimited, RouterError, UpstreamError
+from router.health.backends import StateBackend
+from router.health.breaker import Permit
+from router.health.ledger import RouterState
 from router.observe.observer import Observer
 from router.planner import Decision, GiveUp, Go, Progress, plan
 from router.policy.model import Policy, Route, Target
 from router.request import ChatRequest
-from router.state import RouterState
 from router.transport import Transport
 
 T = TypeVar("T")

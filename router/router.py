@@ -20,15 +20,15 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from router.backends import HealthReport, MemoryBackend, StateBackend
 from router.clock import Clock, SystemClock
 from router.completion import ChatResult, attempt_completion
 from router.engine import Call, Engine, Snapshot, outcome_of
 from router.errors import InvalidRequest, PolicyError, RateLimited, RouteNotAllowed, RouterError, UnknownRoute
+from router.health.backends import HealthReport, MemoryBackend, StateBackend
+from router.health.quota import REQUESTS, TOKENS, UNAVAILABLE
 from router.observe.observer import UNKNOWN_ROUTE, NullObserver, Observer
 from router.policy import load_policy
 from router.policy.model import Client, Policy
-from router.quota import REQUESTS, TOKENS, UNAVAILABLE
 from router.request import ChatRequest, parse_chat_request
 from router.streaming import ChatStream
 from router.transport import HttpTransport, Transport
@@ -237,7 +237,7 @@ _LIMIT_MESSAGES = {
 
 def _backend_for(policy: Policy, observer: Observer, clock: Clock, limit_share: float) -> StateBackend:
     if policy.state.backend == "redis":
-        from router.redis_backend import RedisBackend  # redis is only imported when used
+        from router.health.redis_backend import RedisBackend  # redis is only imported when used
 
         return RedisBackend(policy.state, observer=observer, clock=clock)
     return MemoryBackend(limit_share)

@@ -22,10 +22,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from router.breaker import Permit
 from router.classify import Action, Reason, Verdict, classify_error_payload, classify_exception, classify_status
 from router.engine import AttemptFailed, Call, Engine, outcome_of
 from router.errors import RouterError, StreamInterrupted
+from router.health.breaker import Permit
 from router.planner import Go
 from router.policy.model import Target
 from router.request import ChatRequest

@@ -6,10 +6,10 @@ import asyncio
 import time
 
 from router.clock import SystemClock
+from router.health.quota import REQUESTS, TOKENS, QuotaSpec, Rate
+from router.health.redis_backend import RedisBackend
 from router.observe.observer import NullObserver
 from router.policy.model import StatePolicy
-from router.quota import REQUESTS, TOKENS, QuotaSpec, Rate
-from router.redis_backend import RedisBackend
 from tests.scaleout.conftest import RedisServer
 
 

@@ -14,8 +14,8 @@ import pytest
 
 from router import Router
 from router.errors import NoTargetAvailable, RateLimited
+from router.health.redis_backend import RETRY_AFTER_ERROR_S, SYNC_INTERVAL_S
 from router.observe.observer import NullObserver
-from router.redis_backend import RETRY_AFTER_ERROR_S, SYNC_INTERVAL_S
 from tests.conftest import FakeProviderFactory
 from tests.e2e.helpers import body, tiered_policy
 from tests.scaleout.conftest import RedisServer

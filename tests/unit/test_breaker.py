@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.breaker import Breaker, BreakerState, Permit
+from router.health.breaker import Breaker, BreakerState, Permit
 from router.policy.model import BreakerPolicy
 
 T0 = 1000.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.budget import RetryBudgetTracker
+from router.health.retry_budget import RetryBudgetTracker
 from router.policy.model import RetryBudget
 
 T0 = 1000.0

@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from router.limits import Bucket
+from router.health.bucket import Bucket
 
 SLOW = 1e-3  # units per second: effectively no refill during a test
 TOL = 1e-2

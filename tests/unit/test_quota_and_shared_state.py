@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from router import Router
-from router.backends import MemoryBackend
 from router.errors import PolicyError
+from router.health.backends import MemoryBackend
+from router.health.ledger import RouterState
+from router.health.quota import REQUESTS, TOKENS, MemoryQuota, QuotaSpec, Rate
 from router.policy import parse_policy
-from router.quota import REQUESTS, TOKENS, MemoryQuota, QuotaSpec, Rate
-from router.state import RouterState
 
 POLICY = """
 version: 1

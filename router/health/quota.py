@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from router.limits import Bucket
+from router.health.bucket import Bucket
 
 REQUESTS = "requests"
 TOKENS = "tokens"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from router.quota import MemoryQuota, Quota, QuotaSpec
+from router.health.quota import MemoryQuota, Quota, QuotaSpec
 
 # What other replicas reported: (field, seconds left), field = "eject:<target>" | "throttle:<provider>".
 HealthReport = Sequence[tuple[str, float]]

@@ -27,14 +27,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
-from router.backends import ApplyHealth
 from router.clock import Clock
+from router.health.backends import ApplyHealth
+from router.health.quota import REQUESTS, TOKENS, UNAVAILABLE, MemoryQuota, Quota, QuotaSpec, Rate
+from router.health.redis_scripts import BUCKETS, HEALTH
 from router.observe.observer import Observer
 from router.policy.model import StatePolicy
-from router.quota import REQUESTS, TOKENS, UNAVAILABLE, MemoryQuota, Quota, QuotaSpec, Rate
-from router.redis_scripts import BUCKETS, HEALTH
 
-log = logging.getLogger("router.state")
+log = logging.getLogger("router.health.ledger")
 
 SYNC_INTERVAL_S = 0.25
 RETRY_AFTER_ERROR_S = 1.0
