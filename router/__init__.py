@@ -18,8 +18,8 @@ from router.errors import (
 )
 from router.policy import Policy, load_policy
 from router.router import Router
-from router.sse import SseEvent
 from router.streaming import ChatStream
+from router.upstream.sse import SseEvent
 
 __all__ = [
     "ChatResult",

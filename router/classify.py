@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from router import jsonio
 from router.ratelimit_headers import retry_after_seconds
-from router.transport_errors import (
+from router.upstream.errors import (
     BodyCut,
     ConnectFailed,
     ConnectionLost,

@@ -10,8 +10,8 @@ from router import jsonio
 from router.classify import classify_exception, classify_status
 from router.engine import AttemptFailed, Call, Engine, parse_json_object
 from router.planner import Go
-from router.transport import Outgoing, Reply
-from router.transport_errors import TransportError
+from router.upstream.errors import TransportError
+from router.upstream.transport import Outgoing, Reply
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,7 @@ from router.observe.observer import Observer
 from router.planner import Decision, GiveUp, Go, Progress, plan
 from router.policy.model import Policy, Route, Target
 from router.request import ChatRequest
-from router.transport import Transport
+from router.upstream.transport import Transport
 
 T = TypeVar("T")
 Tiers = tuple[tuple[Target, ...], ...]

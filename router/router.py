@@ -31,7 +31,7 @@ from router.policy import load_policy
 from router.policy.model import Client, Policy
 from router.request import ChatRequest, parse_chat_request
 from router.streaming import ChatStream
-from router.transport import HttpTransport, Transport
+from router.upstream.transport import HttpTransport, Transport
 
 Body = bytes | Mapping[str, Any] | ChatRequest
 

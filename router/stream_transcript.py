@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from router import jsonio
-from router.sse import SseEvent
+from router.upstream.sse import SseEvent
 
 
 class Transcript:

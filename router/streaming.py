@@ -29,10 +29,10 @@ from router.health.breaker import Permit
 from router.planner import Go
 from router.policy.model import Target
 from router.request import ChatRequest
-from router.sse import DONE_EVENT, SseEvent, encode_event
 from router.stream_transcript import Transcript, is_empty_delta, payload_of
-from router.transport import Outgoing, Reply
-from router.transport_errors import FirstTokenTimeout, TransportError
+from router.upstream.errors import FirstTokenTimeout, TransportError
+from router.upstream.sse import DONE_EVENT, SseEvent, encode_event
+from router.upstream.transport import Outgoing, Reply
 
 _CLEAN_EOF_CUT = Verdict(Action.RETRY, Reason.STREAM_CUT, breaker_failure=True,
                          message="stream ended before finish_reason")

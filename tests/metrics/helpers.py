@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from router.observe.observer import NullObserver
 from router.policy import parse_policy
 from router.policy.model import Policy
-from router.sse import SseEvent, SseParser
-from router.transport import Outgoing
+from router.upstream.sse import SseEvent, SseParser
+from router.upstream.transport import Outgoing
 
 OK_BODY = {"id": "c1", "object": "chat.completion", "choices": [
     {"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}],

@@ -15,7 +15,7 @@ from router import RouterError
 from router.observe.observer import UNKNOWN_ROUTE
 from router.observe.prometheus import PrometheusObserver
 from router.router import Router
-from router.transport import Outgoing
+from router.upstream.transport import Outgoing
 from tests.metrics.helpers import MemoryReply, MemoryTransport, Scrape, error, ok, policy
 
 REQUESTS = 10_000

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from router.policy.model import Provider
-from router.transport import HttpTransport
+from router.upstream.transport import HttpTransport
 
 TransportFactory = Callable[..., HttpTransport]
 

@@ -1,4 +1,4 @@
-"""HttpTransport with the default `http_client: fast` (router/http1.py), against real loopback servers.
+"""HttpTransport with the default `http_client: fast` (router/upstream/http1.py), against real loopback servers.
 
 Most servers here are a `ScriptedServer`: it reads each request (head and Content-Length body) and
 answers with exactly the bytes a test scripts, written piece by piece so that framing edge cases
@@ -25,12 +25,11 @@ from types import MappingProxyType
 import pytest
 from aiohttp import web
 
-from router import http1, transport_clients
 from router._version import __version__
 from router.classify import Reason, classify_exception
 from router.policy.model import Provider, Timeouts
-from router.transport import Outgoing, _HttpReply
-from router.transport_errors import (
+from router.upstream import clients, http1
+from router.upstream.errors import (
     BodyCut,
     ConnectFailed,
     ConnectionLost,
@@ -38,6 +37,7 @@ from router.transport_errors import (
     IdleTimeout,
     TransportError,
 )
+from router.upstream.transport import Outgoing, _HttpReply
 from tests.transport.conftest import TransportFactory
 
 KEY = "sk-aimo-secret-0123456789"
@@ -767,7 +767,7 @@ async def test_a_stream_that_goes_on_after_its_done_is_closed_once_past_the_drai
 
 async def test_idle_connections_are_closed_after_the_keepalive_expiry(
         serve: ServerFactory, make_transport: TransportFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(transport_clients, "KEEPALIVE_S", 0.2)  # read when the transport is built
+    monkeypatch.setattr(clients, "KEEPALIVE_S", 0.2)  # read when the transport is built
     server = await serve(answer(response()))
     prov = provider(server.base_url)
     transport = make_transport(prov)

@@ -1,5 +1,5 @@
 """HttpTransport with `http_client: aiohttp`, against aioresponses: what goes on the wire, and how failures
-are translated. The default client (router/http1.py) is tested on real sockets in test_fast_client.py."""
+are translated. The default client (router/upstream/http1.py) is tested on real sockets in test_fast_client.py."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from aioresponses import CallbackResult
 from yarl import URL
 
 from router.policy.model import Provider, Timeouts
-from router.transport import Outgoing
-from router.transport_errors import BodyCut, ConnectFailed, ConnectionLost, FirstByteTimeout, IdleTimeout
+from router.upstream.errors import BodyCut, ConnectFailed, ConnectionLost, FirstByteTimeout, IdleTimeout
+from router.upstream.transport import Outgoing
 from tests.transport.aioresponses_compat import CompatResponse, compat_aioresponses
 from tests.transport.conftest import TransportFactory
 

@@ -19,7 +19,7 @@ from router.classify import (
     classify_status,
     error_fields,
 )
-from router.transport_errors import (
+from router.upstream.errors import (
     BodyCut,
     ConnectFailed,
     ConnectionLost,

@@ -20,7 +20,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from router.classify import Action, Reason, Verdict, classify_error_payload, classify_exception, classify_status
 from router.ratelimit_headers import MAX_RETRY_AFTER_S
-from router.transport_errors import (
+from router.upstream.errors import (
     BodyCut,
     ConnectFailed,
     ConnectionLost,

@@ -26,9 +26,9 @@ from router.policy.model import (
     Route,
     Target,
 )
-from router.sse import SseEvent, SseParser
-from router.transport import Outgoing
-from router.transport_errors import ConnectFailed, FirstByteTimeout, TransportError
+from router.upstream.errors import ConnectFailed, FirstByteTimeout, TransportError
+from router.upstream.sse import SseEvent, SseParser
+from router.upstream.transport import Outgoing
 
 SEED = 1
 OK = {"id": "c1", "object": "chat.completion", "choices": [

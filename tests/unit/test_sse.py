@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.sse import DONE_EVENT, SseEvent, SseParser, SseTooLarge, encode_event
+from router.upstream.sse import DONE_EVENT, SseEvent, SseParser, SseTooLarge, encode_event
 
 # --- helpers -----------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.sse import SseEvent, SseParser, SseTooLarge
+from router.upstream.sse import SseEvent, SseParser, SseTooLarge
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -1,6 +1,6 @@
 """The two HTTP clients the transport can send an attempt with, behind one small interface.
 
-- `FastClient` (default, `http_client: fast`): router/http1.py, keep-alive pools over
+- `FastClient` (default, `http_client: fast`): router/upstream/http1.py, keep-alive pools over
   asyncio with pre-built request heads. About a fifth of aiohttp's CPU per request.
 - `AiohttpClient` (`http_client: aiohttp`): aiohttp's ClientSession, for a provider the
   lean client does not get along with.
@@ -19,10 +19,10 @@ from typing import Protocol
 import aiohttp
 from yarl import URL
 
-from router import http1
 from router._version import __version__ as _version
 from router.errors import RouterError
 from router.policy.model import Provider
+from router.upstream import http1
 
 USER_AGENT = f"llm-router/{_version}"
 # aiohttp closes idle pooled connections on a sweep that runs every keepalive_timeout, so one lives

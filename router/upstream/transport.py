@@ -24,19 +24,19 @@ from typing import Protocol
 
 import aiohttp
 
-from router import http1
 from router.clock import Clock, SystemClock
 from router.errors import RouterError
 from router.policy.model import Provider
-from router.sse import SseEvent, SseParser
-from router.transport_clients import AiohttpClient, Body, Client, FastClient
-from router.transport_errors import (
+from router.upstream import http1
+from router.upstream.clients import AiohttpClient, Body, Client, FastClient
+from router.upstream.errors import (
     BodyCut,
     ConnectFailed,
     ConnectionLost,
     FirstByteTimeout,
     IdleTimeout,
 )
+from router.upstream.sse import SseEvent, SseParser
 
 REDACTED = b"[redacted]"
 # Shorter header values are not scrubbed: replacing a 2-character value everywhere would mangle
