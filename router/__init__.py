@@ -4,7 +4,8 @@ Embed it (`Router`), run it as a daemon (`router serve`), watch it from Promethe
 """
 
 from router._version import __version__
-from router.completion import ChatResult
+from router.engine.completion import ChatResult
+from router.engine.streaming import ChatStream
 from router.errors import (
     InvalidRequest,
     NoTargetAvailable,
@@ -18,7 +19,6 @@ from router.errors import (
 )
 from router.policy import Policy, load_policy
 from router.router import Router
-from router.streaming import ChatStream
 from router.upstream.sse import SseEvent
 
 __all__ = [

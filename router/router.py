@@ -21,8 +21,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from router.clock import Clock, SystemClock
-from router.completion import ChatResult, attempt_completion
-from router.engine import Call, Engine, Snapshot, outcome_of
+from router.engine.completion import ChatResult, attempt_completion
+from router.engine.loop import Call, Engine, Snapshot, outcome_of
+from router.engine.streaming import ChatStream
 from router.errors import InvalidRequest, PolicyError, RateLimited, RouteNotAllowed, RouterError, UnknownRoute
 from router.health.backends import HealthReport, MemoryBackend, StateBackend
 from router.health.quota import REQUESTS, TOKENS, UNAVAILABLE
@@ -30,7 +31,6 @@ from router.observe.observer import UNKNOWN_ROUTE, NullObserver, Observer
 from router.policy import load_policy
 from router.policy.model import Client, Policy
 from router.request import ChatRequest, parse_chat_request
-from router.streaming import ChatStream
 from router.upstream.transport import HttpTransport, Transport
 
 Body = bytes | Mapping[str, Any] | ChatRequest

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from router.engine import outcome_of, usage_counts
+from router.engine.loop import outcome_of, usage_counts
 from router.errors import InvalidRequest, RouterError, StreamInterrupted
 from router.observe.observer import UNKNOWN_ROUTE
 from router.request import ChatRequest, clean_request_id, parse_chat_request

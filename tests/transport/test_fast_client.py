@@ -26,7 +26,7 @@ import pytest
 from aiohttp import web
 
 from router._version import __version__
-from router.classify import Reason, classify_exception
+from router.engine.classify import Reason, classify_exception
 from router.policy.model import Provider, Timeouts
 from router.upstream import clients, http1
 from router.upstream.errors import (

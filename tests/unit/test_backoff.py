@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.backoff import full_jitter
+from router.engine.backoff import full_jitter
 
 
 def sample(failures: int, base_s: float = 0.25, cap_s: float = 8.0, n: int = 2000,

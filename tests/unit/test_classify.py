@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.classify import (
+from router.engine.classify import (
     SUCCESS,
     Action,
     Reason,

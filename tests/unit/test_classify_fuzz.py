@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from router.classify import Action, Reason, Verdict, classify_error_payload, classify_exception, classify_status
-from router.ratelimit_headers import MAX_RETRY_AFTER_S
+from router.engine.classify import Action, Reason, Verdict, classify_error_payload, classify_exception, classify_status
+from router.engine.retry_after import MAX_RETRY_AFTER_S
 from router.upstream.errors import (
     BodyCut,
     ConnectFailed,

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from router import jsonio
-from router.completion import ChatResult
+from router.engine.completion import ChatResult
 from router.request import parse_chat_request
 
 # Integers orjson decodes exactly: beyond them is the documented difference, tested on its own below

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from router.backoff import full_jitter
-from router.classify import Action, Reason, Verdict
-from router.planner import READY, Availability, GiveUp, Go, Progress, Status, plan
+from router.engine.backoff import full_jitter
+from router.engine.classify import Action, Reason, Verdict
+from router.engine.planner import READY, Availability, GiveUp, Go, Progress, Status, plan
 from router.policy.model import RetryPolicy, Strategy, Target
 
 T0 = 1000.0

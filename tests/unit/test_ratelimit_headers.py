@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from router.ratelimit_headers import parse_go_duration, retry_after_seconds
+from router.engine.retry_after import parse_go_duration, retry_after_seconds
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC).timestamp()
 DAY = 86_400.0

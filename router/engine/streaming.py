@@ -22,14 +22,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from router.classify import Action, Reason, Verdict, classify_error_payload, classify_exception, classify_status
-from router.engine import AttemptFailed, Call, Engine, outcome_of
+from router.engine.classify import Action, Reason, Verdict, classify_error_payload, classify_exception, classify_status
+from router.engine.loop import AttemptFailed, Call, Engine, outcome_of
+from router.engine.planner import Go
+from router.engine.transcript import Transcript, is_empty_delta, payload_of
 from router.errors import RouterError, StreamInterrupted
 from router.health.breaker import Permit
-from router.planner import Go
 from router.policy.model import Target
 from router.request import ChatRequest
-from router.stream_transcript import Transcript, is_empty_delta, payload_of
 from router.upstream.errors import FirstTokenTimeout, TransportError
 from router.upstream.sse import DONE_EVENT, SseEvent, encode_event
 from router.upstream.transport import Outgoing, Reply

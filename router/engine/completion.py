@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router import jsonio
-from router.classify import classify_exception, classify_status
-from router.engine import AttemptFailed, Call, Engine, parse_json_object
-from router.planner import Go
+from router.engine.classify import classify_exception, classify_status
+from router.engine.loop import AttemptFailed, Call, Engine, parse_json_object
+from router.engine.planner import Go
 from router.upstream.errors import TransportError
 from router.upstream.transport import Outgoing, Reply
 

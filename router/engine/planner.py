@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from router.backoff import full_jitter
-from router.classify import Action, Verdict
+from router.engine.backoff import full_jitter
+from router.engine.classify import Action, Verdict
 from router.policy.model import RetryPolicy, Strategy, Target
 
 

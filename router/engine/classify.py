@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from router import jsonio
-from router.ratelimit_headers import retry_after_seconds
+from router.engine.retry_after import retry_after_seconds
 from router.upstream.errors import (
     BodyCut,
     ConnectFailed,

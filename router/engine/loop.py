@@ -30,15 +30,15 @@ from typing import Any, TypeVar
 from tenacity import AsyncRetrying, RetryCallState
 
 from router import jsonio
-from router.backoff import full_jitter
-from router.classify import Action, Reason, Verdict
 from router.clock import Clock
+from router.engine.backoff import full_jitter
+from router.engine.classify import Action, Reason, Verdict
+from router.engine.planner import Decision, GiveUp, Go, Progress, plan
 from router.errors import NoTargetAvailable, RateLimited, RouterError, UpstreamError
 from router.health.backends import StateBackend
 from router.health.breaker import Permit
 from router.health.ledger import RouterState
 from router.observe.observer import Observer
-from router.planner import Decision, GiveUp, Go, Progress, plan
 from router.policy.model import Policy, Route, Target
 from router.request import ChatRequest
 from router.upstream.transport import Transport
