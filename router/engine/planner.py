@@ -19,37 +19,15 @@ Rules (DESIGN.md 4.4):
 
 from __future__ import annotations
 
-import enum
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal
 
 from router.engine.backoff import full_jitter
 from router.engine.classify import Action, Verdict
+from router.health.view import Availability, Status, TargetView
 from router.policy.model import RetryPolicy, Strategy, Target
-
-
-class Status(enum.Enum):
-    READY = "ready"
-    OPEN = "open"  # breaker open (or its probe is out)
-    THROTTLED = "throttled"  # provider said 429 / Retry-After
-    QUOTA = "quota"  # our quota bucket at the provider is empty
-
-
-@dataclass(frozen=True, slots=True)
-class Availability:
-    status: Status
-    free_at: float = 0.0  # monotonic time it becomes usable (THROTTLED/QUOTA)
-    last_failure: float = float("-inf")
-
-
-READY = Availability(Status.READY)
-
-
-class TargetView(Protocol):
-    def availability(self, target: Target, now: float, tokens: int) -> Availability: ...
-    def inflight(self, target: Target) -> int: ...
 
 
 @dataclass(slots=True)

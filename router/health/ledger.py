@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from router.engine.planner import READY, Availability, Status
 from router.health.backends import EJECT, THROTTLE, HealthReport, MemoryBackend, StateBackend
 from router.health.breaker import Breaker
 from router.health.quota import Quota, QuotaSpec, Rate
 from router.health.retry_budget import RetryBudgetTracker
+from router.health.view import READY, Availability, Status
 from router.policy.model import Client, ClientLimits, Policy, Provider, ProviderLimits, Target
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from router.engine.backoff import full_jitter
 from router.engine.classify import Action, Reason, Verdict
-from router.engine.planner import READY, Availability, GiveUp, Go, Progress, Status, plan
+from router.engine.planner import GiveUp, Go, Progress, plan
+from router.health.view import READY, Availability, Status
 from router.policy.model import RetryPolicy, Strategy, Target
 
 T0 = 1000.0

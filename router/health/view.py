@@ -1,0 +1,35 @@
+"""The health layer's answer to "can this target take a request now?", as the planner reads it.
+
+The planner (engine/planner.py) decides from this view only; the ledger (ledger.py)
+implements it from breakers, throttles, quotas and in-flight counts.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+from router.policy.model import Target
+
+
+class Status(enum.Enum):
+    READY = "ready"
+    OPEN = "open"  # breaker open (or its probe is out)
+    THROTTLED = "throttled"  # provider said 429 / Retry-After
+    QUOTA = "quota"  # our quota bucket at the provider is empty
+
+
+@dataclass(frozen=True, slots=True)
+class Availability:
+    status: Status
+    free_at: float = 0.0  # monotonic time it becomes usable (THROTTLED/QUOTA)
+    last_failure: float = float("-inf")
+
+
+READY = Availability(Status.READY)
+
+
+class TargetView(Protocol):
+    def availability(self, target: Target, now: float, tokens: int) -> Availability: ...
+    def inflight(self, target: Target) -> int: ...
