@@ -82,7 +82,7 @@ class Router:
         await asyncio.shield(self._starting)
 
     def _adopt_health(self, report: HealthReport) -> None:
-        for provider, target in self._snapshot.state.adopt_health(report, self._clock.monotonic()):
+        for provider, target in self._snapshot.ledger.adopt_health(report, self._clock.monotonic()):
             self._observer.breaker_changed(provider, target, "open")
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -194,7 +194,7 @@ class Router:
             self._observer.request_finished(route_label, client_label, outcome_of(exc),
                                             self._clock.monotonic() - now)
             raise
-        snapshot.state.budget.record_request(now)
+        snapshot.ledger.budget.record_request(now)
         return call
 
     def _refused(self, client_name: str | None, exc: BaseException) -> None:
@@ -205,7 +205,7 @@ class Router:
         self._observer.request_finished(UNKNOWN_ROUTE, client_label, outcome_of(exc), 0.0)
 
     async def _take_client_limits(self, call: Call, client: Client) -> None:
-        quota = call.snapshot.state.client(client).quota
+        quota = call.snapshot.ledger.client(client).quota
         if quota is None:
             return
         max_wait = min(client.limits.queue_s, max(0.0, call.deadline - self._clock.monotonic()))
@@ -222,7 +222,7 @@ class Router:
             return
         client = call.snapshot.policy.client_named(call.client)
         if client is not None:
-            quota = call.snapshot.state.client(client).quota
+            quota = call.snapshot.ledger.client(client).quota
             if quota is not None:
                 quota.adjust_tokens(-call.tokens_reserved)
         call.tokens_reserved = 0

@@ -51,7 +51,7 @@ class ChatResult:
 
 async def attempt_completion(engine: Engine, call: Call, go: Go) -> ChatResult:
     target = go.target
-    state = call.snapshot.state
+    state = call.snapshot.ledger
     permit = await engine.admit_target(call, go)
     provider = call.snapshot.policy.providers[target.provider]
     upstream_model = target.upstream_model(call.request.model)

@@ -37,7 +37,7 @@ from router.engine.planner import Decision, GiveUp, Go, Progress, plan
 from router.errors import NoTargetAvailable, RateLimited, RouterError, UpstreamError
 from router.health.backends import StateBackend
 from router.health.breaker import Permit
-from router.health.ledger import RouterState
+from router.health.ledger import Ledger
 from router.observe.observer import Observer
 from router.policy.model import Policy, Route, Target
 from router.request import ChatRequest
@@ -52,18 +52,18 @@ class Snapshot:
     """Everything a request needs, fixed for its whole life (reload swaps the snapshot)."""
 
     policy: Policy
-    state: RouterState
+    ledger: Ledger
     tiers: dict[str, Tiers]
 
     @classmethod
     def build(cls, policy: Policy, previous: Snapshot | None = None,
               backend: StateBackend | None = None) -> Snapshot:
-        state = RouterState(policy, previous.state if previous else None, backend)
+        ledger = Ledger(policy, previous.ledger if previous else None, backend)
         tiers: dict[str, Tiers] = {}
         for name, route in policy.routes.items():
             levels = sorted({t.priority for t in route.targets})
             tiers[name] = tuple(tuple(t for t in route.targets if t.priority == p) for p in levels)
-        return cls(policy=policy, state=state, tiers=tiers)
+        return cls(policy=policy, ledger=ledger, tiers=tiers)
 
 
 @dataclass(slots=True)
@@ -163,9 +163,9 @@ class Engine:
         decision = plan(call.tiers, progress, requested_model=call.request.model, now=now,
                         deadline=call.deadline, tokens=call.request.token_estimate,
                         retry=call.route.retry, strategy=call.route.strategy,
-                        view=call.snapshot.state, rng=self.rng)
+                        view=call.snapshot.ledger, rng=self.rng)
         if isinstance(decision, Go) and progress.attempts > 0:
-            if not call.snapshot.state.budget.try_spend(now):
+            if not call.snapshot.ledger.budget.try_spend(now):
                 self.observer.retry_budget_exhausted(call.route.name)
                 return GiveUp("retry_budget", retry_after=1.0)
             reason = progress.last_verdict.reason if progress.last_verdict else "unknown"
@@ -177,7 +177,7 @@ class Engine:
     # -- shared pieces of an attempt ------------------------------------------------------------
     async def admit_target(self, call: Call, go: Go) -> Permit:
         """Breaker permit and provider quota for `go.target`, or AttemptFailed(counted=False)."""
-        state = call.snapshot.state
+        state = call.snapshot.ledger
         now = self.clock.monotonic()
         breaker = state.breaker(go.target)
         permit = breaker.acquire(now) or (breaker.force_acquire() if go.forced else None)
@@ -200,7 +200,7 @@ class Engine:
     def record(self, call: Call, target: Target, permit: Permit, verdict: Verdict, *, started: float,
                ttfb: float | None, report: bool = True) -> None:
         """Feed one verdict to the breaker, the throttle, the observer and the request's progress."""
-        state = call.snapshot.state
+        state = call.snapshot.ledger
         now = self.clock.monotonic()
         breaker = state.breaker(target)
         provider_name = target.provider
@@ -262,12 +262,12 @@ class Engine:
         if prompt is None:
             return
         actual = prompt + (completion or 0)
-        quota = call.snapshot.state.provider(target.provider).quota
+        quota = call.snapshot.ledger.provider(target.provider).quota
         if quota is not None:
             quota.adjust_tokens(actual - call.request.token_estimate)
         client = call.snapshot.policy.client_named(call.client) if call.tokens_reserved else None
         if client is not None:
-            client_quota = call.snapshot.state.client(client).quota
+            client_quota = call.snapshot.ledger.client(client).quota
             if client_quota is not None:
                 client_quota.adjust_tokens(actual - call.tokens_reserved)
                 call.tokens_reserved = 0
@@ -290,7 +290,7 @@ class Engine:
         if verdict is not None and verdict.reason is Reason.RATE_LIMITED and failed is not None \
                 and failed.target is not None and give_up.reason in ("exhausted", "max_attempts"):
             # The last word was "slow down": the caller should come back later, not see a 502.
-            until = call.snapshot.state.provider(failed.target.provider).throttled_until
+            until = call.snapshot.ledger.provider(failed.target.provider).throttled_until
             wait = until - self.clock.monotonic()
             return RateLimited("every provider of this route is rate limited",
                                retry_after=wait if wait > 0 else 1.0, scope="providers")
@@ -323,7 +323,7 @@ class Engine:
     def _route_down_for(self, call: Call) -> float | None:
         """Seconds until a target of the route is admitted again if every target's breaker is open, else None."""
         now = self.clock.monotonic()
-        state = call.snapshot.state
+        state = call.snapshot.ledger
         until: list[float] = []
         for tier in call.snapshot.tiers[call.route.name]:
             for target in tier:

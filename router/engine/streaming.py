@@ -136,14 +136,14 @@ class ChatStream:
         if opened is not None and not opened.closed:
             opened.closed = True
             opened.reply.close()
-            self._require_call().snapshot.state.end(opened.target)
+            self._require_call().snapshot.ledger.end(opened.target)
         self._report_abandoned()
         self._finish("cancelled")
 
     # -- before the commit point -------------------------------------------------------------
     async def _attempt(self, call: Call, go: Go) -> _Open:
         engine, target = self._engine, go.target
-        state = call.snapshot.state
+        state = call.snapshot.ledger
         permit = await engine.admit_target(call, go)
         provider = call.snapshot.policy.providers[target.provider]
         upstream_model = target.upstream_model(call.request.model)
@@ -193,7 +193,7 @@ class ChatStream:
 
     def _fail(self, call: Call, target: Target, permit: Permit, verdict: Verdict, started: float,
               ttfb: float | None, body: bytes = b"") -> _Open:
-        call.snapshot.state.end(target)
+        call.snapshot.ledger.end(target)
         self._engine.record(call, target, permit, verdict, started=started, ttfb=ttfb)
         raise AttemptFailed(verdict, target, body=body)
 
@@ -305,7 +305,7 @@ class ChatStream:
         engine, transcript = self._engine, self.transcript
         call = self._require_call()
         await self._close_current()
-        state = call.snapshot.state
+        state = call.snapshot.ledger
         breaker = state.breaker(opened.target)
         if cut.breaker_failure and breaker.on_failure(Permit(probe=False), engine.clock.monotonic()):
             engine.observer.breaker_changed(opened.target.provider, opened.target.key, "open")
@@ -374,7 +374,7 @@ class ChatStream:
             await opened.events.aclose()  # type: ignore[attr-defined]
         finally:
             opened.reply.close()
-            self._require_call().snapshot.state.end(opened.target)
+            self._require_call().snapshot.ledger.end(opened.target)
 
     def _finish(self, outcome: str) -> None:
         if self._outcome is None:

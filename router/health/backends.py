@@ -1,8 +1,8 @@
-"""Where limit and health state lives: the seam between `RouterState` and a backend.
+"""Where limit and health state lives: the seam between `Ledger` and a backend.
 
 `MemoryBackend` keeps everything in this process. `redis_backend.RedisBackend`
 shares quotas and health (ejections, throttles) with every replica through Redis.
-`RouterState` asks the backend for quotas and tells it about ejections and
+`Ledger` asks the backend for quotas and tells it about ejections and
 throttles; the backend calls back with what other replicas learned.
 """
 

@@ -1,6 +1,6 @@
 """Health and limit state shared by the requests of one router.
 
-One `RouterState` per policy snapshot: breakers per target, throttles and quotas
+One `Ledger` per policy snapshot: breakers per target, throttles and quotas
 per provider, quotas per client, in-flight counts. Nothing is global, so two
 routers in one process share nothing. On reload, a new state adopts the entries
 whose configuration did not change, so breakers and limiters survive. It is also
@@ -62,10 +62,10 @@ class ClientState:
         return cls(limits=limits, quota=quota)
 
 
-class RouterState:
+class Ledger:
     __slots__ = ("_breakers", "_clients", "_inflight", "_providers", "_target_provider", "backend", "budget")
 
-    def __init__(self, policy: Policy, previous: RouterState | None = None,
+    def __init__(self, policy: Policy, previous: Ledger | None = None,
                  backend: StateBackend | None = None) -> None:
         self.backend: StateBackend = backend or (previous.backend if previous else MemoryBackend())
         backend = self.backend

@@ -19,7 +19,7 @@ into metric families when the registry is scraped. Updates happen on the event
 loop's thread; a scrape from another thread (`start_exporter`) copies each list
 before reading it, so a histogram's buckets and `_count` always agree.
 
-This module and `router/server/state.py` are the only ones importing prometheus_client.
+This module and `router/server/context.py` are the only ones importing prometheus_client.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ from router.observe.prometheus import CollectorRegistry, PrometheusObserver
 from router.router import Router
 from router.server import handlers
 from router.server.auth import ClientKeys
+from router.server.context import CONTEXT, ServerContext
 from router.server.errors import error_response, http_error_response, internal_error_response
-from router.server.state import STATE, ServerState
 
 log = logging.getLogger("router.server")
 
@@ -30,7 +30,7 @@ def guarded(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     async def run(request: web.Request) -> web.StreamResponse:
-        in_flight = request.app[STATE].in_flight
+        in_flight = request.app[CONTEXT].in_flight
         task = asyncio.current_task()
         if task is not None:
             in_flight.add(task)
@@ -90,8 +90,8 @@ def create_app(router: Router, *, registry: CollectorRegistry | None = None,
             observer = PrometheusObserver(registry)
     elif registry is not None and registry is not observer.registry:
         raise ValueError("create_app: `registry` must be the observer's registry")
-    state = ServerState(router=router, keys=ClientKeys(policy), metrics=observer)
-    app[STATE] = state
+    state = ServerContext(router=router, keys=ClientKeys(policy), metrics=observer)
+    app[CONTEXT] = state
     routes: list[tuple[str, str, Handler]] = [
         ("POST", "/v1/chat/completions", handlers.chat_completions),  # guards itself (see `guarded`)
         ("GET", "/v1/models", guarded(handlers.models)),

@@ -20,8 +20,8 @@ from router.errors import InvalidRequest, RouterError, StreamInterrupted
 from router.observe.observer import UNKNOWN_ROUTE
 from router.request import ChatRequest, clean_request_id, parse_chat_request
 from router.server.access_log import AccessRecord, log_access
+from router.server.context import ServerContext
 from router.server.errors import error_response, http_error_response, internal_error_response, router_error_response
-from router.server.state import ServerState
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -55,7 +55,7 @@ class Exchange(Protocol):
     async def write(self, data: bytes) -> None: ...
 
 
-async def serve_chat(state: ServerState, exchange: Exchange) -> web.Response | None:
+async def serve_chat(state: ServerContext, exchange: Exchange) -> web.Response | None:
     """Answer one chat request: a response to send, or None once an event stream was relayed.
 
     The hot path: it does app.guarded's work inline (drain tracking, OpenAI-shaped crash answers)."""
@@ -85,7 +85,7 @@ async def serve_chat(state: ServerState, exchange: Exchange) -> web.Response | N
     return response
 
 
-async def _chat(exchange: Exchange, state: ServerState, record: AccessRecord,
+async def _chat(exchange: Exchange, state: ServerContext, record: AccessRecord,
                 started: float) -> web.Response | None:
     # Until the router has the request, refusals are counted here, under the route `unknown`.
     headers = {"x-request-id": record.request_id, "x-router-attempts": "0", "x-router-provider": "none"}
@@ -130,7 +130,7 @@ async def _chat(exchange: Exchange, state: ServerState, record: AccessRecord,
     return web.Response(status=result.status, body=result.body, headers=headers)
 
 
-async def _stream(exchange: Exchange, state: ServerState, chat: ChatRequest, client: str | None,
+async def _stream(exchange: Exchange, state: ServerContext, chat: ChatRequest, client: str | None,
                   record: AccessRecord, headers: dict[str, str], started: float) -> web.Response | None:
     stream = state.router.stream(chat, client=client)
     try:
@@ -176,7 +176,7 @@ async def _stream(exchange: Exchange, state: ServerState, chat: ChatRequest, cli
     return None
 
 
-def _route_of(state: ServerState, chat: ChatRequest) -> str | None:
+def _route_of(state: ServerContext, chat: ChatRequest) -> str | None:
     # Failures are the lines operators search for, so they name the route too: the policy's
     # route name (a closed set), never the client's raw `model`; None when no route matches.
     route = state.router.policy.find_route(chat.model)
@@ -192,7 +192,7 @@ def _with_attempts(exc: RouterError, headers: dict[str, str]) -> web.Response:
     return router_error_response(exc, headers)
 
 
-def _refused(state: ServerState, record: AccessRecord, started: float, response: web.Response,
+def _refused(state: ServerContext, record: AccessRecord, started: float, response: web.Response,
              outcome: str | None = None) -> web.Response:
     """A request answered before it reached the router: logged, and counted under the route `unknown`."""
     _fail(record, response, outcome)
@@ -200,7 +200,7 @@ def _refused(state: ServerState, record: AccessRecord, started: float, response:
     return response
 
 
-def _count_refused(state: ServerState, client: str, outcome: str, started: float) -> None:
+def _count_refused(state: ServerContext, client: str, outcome: str, started: float) -> None:
     observer = state.router.observer
     observer.request_started(UNKNOWN_ROUTE, client)
     observer.request_finished(UNKNOWN_ROUTE, client, outcome, time.monotonic() - started)

@@ -20,8 +20,8 @@ from aiohttp import web
 
 from router.server import wire
 from router.server.chat import serve_chat
+from router.server.context import CONTEXT, ServerContext
 from router.server.errors import error_body
-from router.server.state import STATE, ServerState
 
 log = logging.getLogger("router.server")
 
@@ -40,7 +40,7 @@ Tap = Callable[[int, Mapping[str, str], bytes | None], None]
 class _Front:
     """The connections of one listening socket, for the drain and the idle sweep."""
 
-    def __init__(self, state: ServerState, fallback: Callable[[], asyncio.Protocol], max_body: int,
+    def __init__(self, state: ServerContext, fallback: Callable[[], asyncio.Protocol], max_body: int,
                  tap: Tap | None) -> None:
         self.state, self.fallback, self.max_body, self.tap = state, fallback, max_body, tap
         self.connections: set[_Connection] = set()
@@ -293,7 +293,7 @@ class FrontSite(web.BaseSite):
         await super().start()
         runner = self._runner
         assert isinstance(runner, web.AppRunner) and runner.server is not None
-        state = runner.app[STATE]
+        state = runner.app[CONTEXT]
         self._front = _Front(state, runner.server, state.router.policy.server.max_body_bytes, self._tap)
         self._server = await asyncio.get_running_loop().create_server(
             self._front.protocol, self._host, self._port, backlog=self._backlog, reuse_port=self._reuse_port)

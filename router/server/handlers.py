@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from router.server.chat import BodyRefused, serve_chat
+from router.server.context import CONTEXT
 from router.server.errors import error_response
-from router.server.state import STATE
 from router.server.workers import LOCAL_ONLY, fleet_metrics
 
 log = logging.getLogger("router.server")
@@ -22,7 +22,7 @@ BODY_READ_TIMEOUT_S = 30.0
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """The aiohttp route for what the fast front hands over (chunked or slow bodies, `Expect`, ...)."""
     exchange = _AiohttpExchange(request)
-    response = await serve_chat(request.app[STATE], exchange)
+    response = await serve_chat(request.app[CONTEXT], exchange)
     if response is None:
         assert exchange.response is not None
         return exchange.response
@@ -53,7 +53,7 @@ class _AiohttpExchange:
             raise BodyRefused(408, "request body not received in time", outcome="body_timeout",
                               closing=True) from None
         except web.HTTPRequestEntityTooLarge:
-            limit = request.app[STATE].router.policy.server.max_body_bytes
+            limit = request.app[CONTEXT].router.policy.server.max_body_bytes
             raise BodyRefused(413, f"request body is larger than {limit} bytes", code="body_too_large") from None
         except web.RequestPayloadError:
             # A body aiohttp cannot decode (Content-Encoding: gzip/deflate over non-compressed
@@ -77,7 +77,7 @@ class _SseResponse(web.StreamResponse):
 
 
 async def models(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+    state = request.app[CONTEXT]
     client_name = state.keys.identify(request.headers)
     if client_name is None and not state.keys.open:
         return error_response(401, "missing or invalid API key", code="invalid_api_key")
@@ -93,14 +93,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+    state = request.app[CONTEXT]
     if state.draining:
         return web.json_response({"status": "draining"}, status=503)
     return web.json_response({"status": "ready", "policy": state.router.policy.source})
 
 
 async def metrics(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+    state = request.app[CONTEXT]
     body, content_type = state.render_metrics()
     if state.worker is not None and request.query.get("scope") != LOCAL_ONLY:
         body = await fleet_metrics(state.worker, body)

@@ -22,9 +22,9 @@ from router.policy.model import Policy
 from router.router import Router
 from router.server.access_log import LineSink, use_sink
 from router.server.app import create_app
+from router.server.context import CONTEXT, ServerContext
 from router.server.demo import start_demo_providers, stop_demo_providers
 from router.server.front import FrontSite
-from router.server.state import STATE, ServerState
 from router.server.workers import WorkerInfo
 
 log = logging.getLogger("router.server")
@@ -69,7 +69,7 @@ def serve(*, config: str, host: str | None = None, port: int | None = None, watc
     return asyncio.run(run_daemon(policy, config, host, port, watch=watch, worker=info))
 
 
-def reload_policy(state: ServerState, path: str) -> bool:
+def reload_policy(state: ServerContext, path: str) -> bool:
     """Validate the file and swap atomically; an invalid file leaves the old policy serving."""
     try:
         policy = load_policy(path)
@@ -84,7 +84,7 @@ def reload_policy(state: ServerState, path: str) -> bool:
     return True
 
 
-async def _watch(path: str, state: ServerState) -> None:
+async def _watch(path: str, state: ServerContext) -> None:
     def stamp() -> tuple[float, int] | None:
         try:
             info = os.stat(path)
@@ -101,7 +101,7 @@ async def _watch(path: str, state: ServerState) -> None:
             reload_policy(state, path)
 
 
-async def _drain(runner: web.AppRunner, state: ServerState, timeout_s: float) -> None:
+async def _drain(runner: web.AppRunner, state: ServerContext, timeout_s: float) -> None:
     """Stop accepting connections, then give in-flight requests up to `timeout_s` to finish.
 
     aiohttp's own `shutdown_timeout` is not a drain bound: it waits that long, then only fails the
@@ -131,7 +131,7 @@ async def run_daemon(policy: Policy, path: str, host: str, port: int, *, watch: 
     router = Router(policy, observer=observer, limit_share=share)
     await router.start()
     app = create_app(router, observer=observer)
-    state = app[STATE]
+    state = app[CONTEXT]
     state.worker = worker
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=CANCEL_GRACE_S)
     await runner.setup()

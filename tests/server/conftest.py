@@ -29,8 +29,8 @@ from aiohttp import web
 from router.policy.model import Policy
 from router.router import Router
 from router.server import create_app
+from router.server.context import CONTEXT, ServerContext
 from router.server.front import FrontSite, Tap
-from router.server.state import STATE, ServerState
 from tests.server.helpers import CANARY_KEY, assert_no_leak, env_with_keys, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -59,8 +59,8 @@ class Daemon:
     responses: list[Recorded] = field(default_factory=list)
 
     @property
-    def state(self) -> ServerState:
-        return self.app[STATE]
+    def state(self) -> ServerContext:
+        return self.app[CONTEXT]
 
     @property
     def router(self) -> Router:

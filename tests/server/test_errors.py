@@ -11,7 +11,7 @@ import pytest
 
 from router.errors import RouterError
 from router.mock import Hang, Ok, Status, Stream
-from router.server.state import ServerState
+from router.server.context import ServerContext
 from tests.server.conftest import DaemonFactory
 from tests.server.helpers import (
     CANARY_KEY,
@@ -322,10 +322,10 @@ async def test_a_crash_in_any_other_endpoint_is_an_opaque_500_too(daemon: Daemon
     fake = await fake_provider("aimo")
     server = await daemon(simple_policy(fake))
 
-    def broken_render(self: ServerState) -> tuple[bytes, str]:
+    def broken_render(self: ServerContext) -> tuple[bytes, str]:
         raise KeyError("boom-metrics")
 
-    monkeypatch.setattr(ServerState, "render_metrics", broken_render)
+    monkeypatch.setattr(ServerContext, "render_metrics", broken_render)
     response, raw = await call(http, "GET", server.url("/metrics"))
 
     assert response.status == 500

@@ -1,4 +1,4 @@
-"""Quotas in process (both buckets or neither, 1/N shares) and RouterState adopting shared health."""
+"""Quotas in process (both buckets or neither, 1/N shares) and Ledger adopting shared health."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from router import Router
 from router.errors import PolicyError
 from router.health.backends import MemoryBackend
-from router.health.ledger import RouterState
+from router.health.ledger import Ledger
 from router.health.quota import REQUESTS, TOKENS, MemoryQuota, QuotaSpec, Rate
 from router.policy import parse_policy
 
@@ -59,7 +59,7 @@ async def test_a_half_share_admits_half_the_burst() -> None:
 def test_state_publishes_ejections_and_throttles_to_its_backend() -> None:
     policy = parse_policy(POLICY)
     backend = Recorder()
-    state = RouterState(policy, backend=backend)
+    state = Ledger(policy, backend=backend)
     target = policy.routes["chat"].targets[0]
     state.ejected(target, until=105.0, now=100.0)
     state.throttle("p", until=102.5, now=100.0)
@@ -69,7 +69,7 @@ def test_state_publishes_ejections_and_throttles_to_its_backend() -> None:
 
 def test_state_adopts_what_other_replicas_report_and_ignores_unknown_names() -> None:
     policy = parse_policy(POLICY)
-    state = RouterState(policy, backend=Recorder())
+    state = Ledger(policy, backend=Recorder())
     p_target = policy.routes["chat"].targets[0]
     opened = state.adopt_health([(f"eject:{p_target.key}", 3.0), ("throttle:q", 1.0),
                                  ("eject:gone/model", 9.0), ("throttle:gone", 9.0), ("other", 1.0)], now=50.0)
@@ -82,7 +82,7 @@ def test_state_adopts_what_other_replicas_report_and_ignores_unknown_names() -> 
 
 def test_memory_backend_share_applies_to_every_quota() -> None:
     policy = parse_policy(POLICY)
-    state = RouterState(policy, backend=MemoryBackend(share=0.5))
+    state = Ledger(policy, backend=MemoryBackend(share=0.5))
     quota = state.provider("p").quota
     assert isinstance(quota, MemoryQuota) and quota.requests is not None
     assert quota.requests.capacity == 30.0

@@ -16,7 +16,7 @@ from router.server.workers import WorkerInfo
 
 
 @dataclass(slots=True)
-class ServerState:
+class ServerContext:
     router: Router
     keys: ClientKeys
     # The metrics served at /metrics (build info and reloads included); normally also the router's observer.
@@ -44,4 +44,4 @@ class ServerState:
         self.keys = ClientKeys(self.router.policy)
 
 
-STATE = web.AppKey("router_state", ServerState)
+CONTEXT = web.AppKey("router_context", ServerContext)
