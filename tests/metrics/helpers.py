@@ -1,15 +1,9 @@
-"""Helpers for the metrics tests: a parsed scrape, an in-memory transport, policies as YAML.
-
-The in-memory transport answers in microseconds without sockets, so thousands of
-requests go through `Router.chat` in well under a second.
-"""
+"""Helpers for the metrics tests: a parsed scrape, answers for the in-memory transport, policies as YAML."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -19,13 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from router.observe.observer import NullObserver
 from router.policy import parse_policy
 from router.policy.model import Policy
-from router.upstream.sse import SseEvent, SseParser
 from router.upstream.transport import Outgoing
-
-OK_BODY = {"id": "c1", "object": "chat.completion", "choices": [
-    {"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 5, "completion_tokens": 2}}
-
+from tests.support.memory import MemoryReply, completion_reply, error_reply
 
 # -- a parsed /metrics page ----------------------------------------------------------------------
 
@@ -63,85 +52,14 @@ class Scrape:
         return {dict(items)[label] for items in self.series(name) if label in dict(items)}
 
 
-# -- an in-memory transport ----------------------------------------------------------------------
-
-@dataclass
-class MemoryReply:
-    status: int
-    body: bytes = b""
-    headers: Mapping[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
-    hang_after: int | None = None  # a stream: after this many events, wait forever
-    closed: bool = False
-
-    async def read(self) -> bytes:
-        return self.body
-
-    async def events(self) -> AsyncIterator[SseEvent]:
-        for index, event in enumerate(SseParser().feed(self.body)):
-            if self.hang_after is not None and index >= self.hang_after:
-                await asyncio.get_running_loop().create_future()
-            yield event
-
-    def close(self) -> None:
-        self.closed = True
-
-
-Answer = Callable[[Outgoing], MemoryReply]
-
+# -- answers for the in-memory transport (tests/support/memory.py) --------------------------------
 
 def ok(outgoing: Outgoing) -> MemoryReply:
-    return MemoryReply(200, json.dumps(OK_BODY).encode())
+    return completion_reply()
 
 
 def error(status: int, headers: Mapping[str, str] | None = None) -> MemoryReply:
-    body = json.dumps({"error": {"message": "boom", "type": "error", "code": None}}).encode()
-    return MemoryReply(status, body, {"Content-Type": "application/json", **(headers or {})})
-
-
-def sse_body(pieces: Iterable[str], *, usage: Mapping[str, int] | None = None, malformed_first: bool = False,
-             done: bool = True) -> bytes:
-    """A chat-completion stream: role chunk, one chunk per piece, finish chunk, [usage], [DONE]."""
-    def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> bytes:
-        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
-        return b"data: " + json.dumps({"id": "s1", "object": "chat.completion.chunk", "choices": choices,
-                                       **extra}).encode() + b"\n\n"
-    out = [b"data: {not json\n\n"] if malformed_first else []
-    out.append(chunk({"role": "assistant", "content": ""}))
-    out.extend(chunk({"content": piece}) for piece in pieces)
-    out.append(chunk({}, "stop"))
-    if usage is not None:
-        out.append(chunk(None, usage=dict(usage)))
-    if done:
-        out.append(b"data: [DONE]\n\n")
-    return b"".join(out)
-
-
-def stream_reply(body: bytes, hang_after: int | None = None) -> MemoryReply:
-    return MemoryReply(200, body, {"Content-Type": "text/event-stream"}, hang_after=hang_after)
-
-
-class MemoryTransport:
-    """Answers every attempt with `answers[provider](outgoing)` (default: `ok`); records the providers."""
-
-    def __init__(self, **answers: Answer) -> None:
-        self.answers = answers
-        self.sent: list[str] = []
-
-    async def send(self, outgoing: Outgoing) -> MemoryReply:
-        self.sent.append(outgoing.provider.name)
-        return self.answers.get(outgoing.provider.name, ok)(outgoing)
-
-    async def aclose(self) -> None:
-        pass
-
-
-class HangingTransport(MemoryTransport):
-    """Never answers: the attempt waits until it is cancelled."""
-
-    async def send(self, outgoing: Outgoing) -> MemoryReply:
-        self.sent.append(outgoing.provider.name)
-        await asyncio.get_running_loop().create_future()
-        raise AssertionError("unreachable")
+    return error_reply(status, headers=headers)
 
 
 # -- what an observer was told ---------------------------------------------------------------------

@@ -16,7 +16,8 @@ from router.observe.observer import UNKNOWN_ROUTE
 from router.observe.prometheus import PrometheusObserver
 from router.router import Router
 from router.upstream.transport import Outgoing
-from tests.metrics.helpers import MemoryReply, MemoryTransport, Scrape, error, ok, policy
+from tests.metrics.helpers import Scrape, error, ok, policy
+from tests.support.memory import MemoryReply, MemoryTransport
 
 REQUESTS = 10_000
 

@@ -21,17 +21,8 @@ from router import InvalidRequest, RateLimited, Router, UnknownRoute, UpstreamEr
 from router._version import __version__
 from router.observe.observer import UNKNOWN_ROUTE
 from router.observe.prometheus import DURATION_BUCKETS, FINE_BUCKETS, PrometheusObserver, start_exporter
-from tests.metrics.helpers import (
-    CountingObserver,
-    HangingTransport,
-    MemoryTransport,
-    Scrape,
-    error,
-    policy,
-    route,
-    sse_body,
-    stream_reply,
-)
+from tests.metrics.helpers import CountingObserver, Scrape, error, policy, route
+from tests.support.memory import HangingTransport, MemoryTransport, sse_body, stream_reply
 
 ALL_METRICS = {
     "llm_router_requests": "counter",

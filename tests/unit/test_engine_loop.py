@@ -7,141 +7,16 @@ a FakeClock forward, and the seeded random source makes every backoff predictabl
 from __future__ import annotations
 
 import json
-import random
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 
-from router import NoTargetAvailable, RateLimited, Router, UpstreamError
-from router.clock import FakeClock
+from router import NoTargetAvailable, RateLimited, UpstreamError
 from router.observe.observer import NullObserver
-from router.policy.model import (
-    BreakerPolicy,
-    Policy,
-    Provider,
-    RetryBudget,
-    RetryPolicy,
-    Route,
-    Target,
-)
-from router.upstream.errors import ConnectFailed, FirstByteTimeout, TransportError
-from router.upstream.sse import SseEvent, SseParser
-from router.upstream.transport import Outgoing
-
-SEED = 1
-OK = {"id": "c1", "object": "chat.completion", "choices": [
-    {"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 5, "completion_tokens": 1}}
-REQUEST = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
-
-
-# --- the scripted transport --------------------------------------------------------------------
-
-@dataclass
-class FakeReply:
-    status: int
-    body: bytes = b""
-    headers: Mapping[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
-    closed: bool = False
-
-    async def read(self) -> bytes:
-        return self.body
-
-    async def events(self) -> AsyncIterator[SseEvent]:
-        parser = SseParser()
-        for event in parser.feed(self.body):
-            yield event
-
-    def close(self) -> None:
-        self.closed = True
-
-
-Step = FakeReply | TransportError | Callable[[], FakeReply]
-
-
-def ok(model: str = "upstream") -> FakeReply:
-    return FakeReply(200, json.dumps({**OK, "model": model}).encode())
-
-
-def error(status: int, message: str = "boom", *, code: str | None = None,
-          headers: dict[str, str] | None = None) -> FakeReply:
-    body = json.dumps({"error": {"message": message, "type": "error", "code": code}}).encode()
-    return FakeReply(status, body, {"Content-Type": "application/json", **(headers or {})})
-
-
-class ScriptedTransport:
-    """Answers each provider's attempts from its script, in order; an unscripted attempt fails the test."""
-
-    def __init__(self, **scripts: list[Step]) -> None:
-        self.scripts = {name: list(steps) for name, steps in scripts.items()}
-        self.sent: list[Outgoing] = []
-
-    @property
-    def providers(self) -> list[str]:
-        return [o.provider.name for o in self.sent]
-
-    async def send(self, outgoing: Outgoing) -> FakeReply:
-        self.sent.append(outgoing)
-        script = self.scripts.get(outgoing.provider.name)
-        assert script, f"unexpected attempt on {outgoing.provider.name}"
-        step = script.pop(0)
-        if isinstance(step, TransportError):
-            raise step
-        return step() if callable(step) else step
-
-    async def aclose(self) -> None:
-        pass
-
-    def unused(self) -> dict[str, int]:
-        return {name: len(steps) for name, steps in self.scripts.items() if steps}
-
-
-class RecordingSleep:
-    def __init__(self, clock: FakeClock) -> None:
-        self.clock = clock
-        self.delays: list[float] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(float(delay))
-        self.clock.advance(float(delay))
-
-
-@dataclass
-class Harness:
-    router: Router
-    transport: ScriptedTransport
-    clock: FakeClock
-    sleep: RecordingSleep
-
-    async def chat(self, body: dict[str, Any] | None = None) -> Any:
-        return await self.router.chat(body or REQUEST)
-
-
-def make_policy(targets: list[Target], *, retry: RetryPolicy | None = None,
-                breaker: BreakerPolicy | None = None, budget: RetryBudget | None = None,
-                deadline_s: float = 60.0) -> Policy:
-    names = sorted({t.provider for t in targets})
-    providers = {n: Provider(n, f"http://{n}.test/v1", breaker=breaker or BreakerPolicy()) for n in names}
-    route = Route("chat", tuple(targets), retry=retry or RetryPolicy(), deadline_s=deadline_s)
-    return Policy(providers=providers, routes={"chat": route}, retry_budget=budget or RetryBudget())
-
-
-def harness(targets: list[Target], transport: ScriptedTransport, *, observer: NullObserver | None = None,
-            **policy: Any) -> Harness:
-    clock = FakeClock()
-    sleep = RecordingSleep(clock)
-    router = Router(make_policy(targets, **policy), transport=transport, clock=clock,
-                    rng=random.Random(SEED), sleep=sleep, observer=observer)
-    return Harness(router, transport, clock, sleep)
-
-
-def backoffs(*ceilings: float) -> list[float]:
-    """The delays full jitter draws from the engine's seeded random source, in order."""
-    rng = random.Random(SEED)
-    return [rng.uniform(0.0, c) for c in ceilings]
-
+from router.policy.model import BreakerPolicy, RetryBudget, RetryPolicy, Target
+from router.upstream.errors import ConnectFailed, FirstByteTimeout
+from tests.support.memory import REQUEST, Harness, MemoryReply, ScriptedTransport, backoffs, harness
+from tests.support.memory import completion_reply as ok
+from tests.support.memory import error_reply as error
 
 A = Target("a", "model-a", priority=0)
 B = Target("b", "model-b", priority=1)
@@ -386,7 +261,7 @@ async def test_timeouts_everywhere_answer_504() -> None:
 async def test_deadline_timeout_is_final_and_answers_504() -> None:
     h: Harness
 
-    def hang_until_deadline() -> FakeReply:
+    def hang_until_deadline() -> MemoryReply:
         h.clock.advance(10.0)
         raise FirstByteTimeout("deadline", deadline_bound=True)
 
@@ -402,7 +277,7 @@ async def test_deadline_timeout_is_final_and_answers_504() -> None:
 async def test_backoff_is_skipped_when_the_deadline_leaves_no_time() -> None:
     h: Harness
 
-    def slow_failure() -> FakeReply:
+    def slow_failure() -> MemoryReply:
         h.clock.advance(0.99)  # the 500 arrives 10 ms before the deadline
         return error(500)
 
