@@ -21,8 +21,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from router.clock import Clock, SystemClock
-from router.engine.completion import ChatResult, attempt_completion
-from router.engine.loop import Call, Engine, Snapshot, outcome_of
+from router.engine.call import Call, Snapshot
+from router.engine.completion import ChatResult, complete
+from router.engine.loop import Engine
+from router.engine.outcome import SUCCESS, RequestRecord
 from router.engine.streaming import ChatStream
 from router.errors import InvalidRequest, PolicyError, RateLimited, RouteNotAllowed, RouterError, UnknownRoute
 from router.health.backends import HealthReport, MemoryBackend, StateBackend
@@ -114,68 +116,60 @@ class Router:
         self._snapshot = snapshot
 
     # -- requests ----------------------------------------------------------------------------
-    async def chat(self, body: Body, *, client: str | None = None,
-                   request_id: str | None = None) -> ChatResult:
+    async def chat(self, body: Body, *, client: str | None = None, request_id: str | None = None,
+                   record: RequestRecord | None = None) -> ChatResult:
         """A non-streaming chat completion. Raises RateLimited, NoTargetAvailable, UpstreamError,
-        InvalidRequest (UnknownRoute, RouteNotAllowed)."""
+        InvalidRequest (UnknownRoute, RouteNotAllowed).
+
+        `record`: a server's record of this request, made when it was received (see `new_record`)."""
+        record = record or self.new_record(client)
         try:
             request = _as_request(body, request_id)
             if request.stream:
                 raise InvalidRequest("use stream() for a request with `stream: true`", param="stream")
         except RouterError as exc:
-            self._refused(client, exc)
+            record.fail(exc)
             raise
-        call = await self._admit(request, client)
-        observer = self._observer
+        call = await self._admit(request, client, record)
         try:
-            result = await self._engine.run(call, lambda c, go: attempt_completion(self._engine, c, go))
+            result = await complete(self._engine, call)
         except BaseException as exc:
-            self._release_client_tokens(call)
-            observer.request_finished(call.route.name, call.client, outcome_of(exc),
-                                      self._clock.monotonic() - call.started)
+            self._finished(call, exc)
             raise
-        observer.request_finished(call.route.name, call.client, "success", self._clock.monotonic() - call.started)
+        self._finished(call, SUCCESS)
         return result
 
-    def stream(self, body: Body, *, client: str | None = None, request_id: str | None = None) -> ChatStream:
+    def stream(self, body: Body, *, client: str | None = None, request_id: str | None = None,
+               record: RequestRecord | None = None) -> ChatStream:
         """A streaming chat completion: an async iterator of SSE events (see ChatStream).
         Admission (route, client limits) happens when the stream starts, so errors
         before the commit point are raised by `start()` or the first iteration."""
+        record = record or self.new_record(client)
         try:
             request = _as_request(body, request_id, force_stream=True)
         except RouterError as exc:
-            self._refused(client, exc)
+            record.fail(exc)
             raise
+        return ChatStream(self._engine, request, lambda: self._admit(request, client, record), self._finished)
 
-        async def admit() -> tuple[Call, Callable[[str], None]]:
-            call = await self._admit(request, client)
-
-            def finished(outcome: str) -> None:
-                if outcome != "success":
-                    self._release_client_tokens(call)
-                self._observer.request_finished(call.route.name, call.client, outcome,
-                                                self._clock.monotonic() - call.started)
-
-            return call, finished
-
-        return ChatStream(self._engine, request, admit)
+    def new_record(self, client: str | None = None) -> RequestRecord:
+        """A record of one request, started now: a server makes it when a request arrives, refuses
+        with `record.fail(exc)` or passes it to `chat` / `stream`, and reads the outcome from it."""
+        known = self._snapshot.policy.client_named(client) if client is not None else None
+        return RequestRecord(self._observer, self._clock, client=known.name if known is not None else "-")
 
     # -- admission ---------------------------------------------------------------------------
-    async def _admit(self, request: ChatRequest, client_name: str | None) -> Call:
-        """Resolve the route and the client and take the client's limits; reports `request_started`.
-
-        A refusal here (closed, unknown route or client, route not allowed, over a limit, cancelled
-        while queued) also reports `request_finished`; after a successful return the caller must."""
+    async def _admit(self, request: ChatRequest, client_name: str | None, record: RequestRecord) -> Call:
+        """Resolve the route and the client and take the client's limits. A refusal here (closed,
+        unknown route or client, route not allowed, over a limit, cancelled while queued) finishes
+        the record; after a successful return, `_finished` must."""
         if self._starting is None:
             self._starting = asyncio.ensure_future(self._backend.start(self._adopt_health))
-        now = self._clock.monotonic()
         snapshot = self._snapshot
         policy = snapshot.policy
         route = policy.find_route(request.model)
         client = policy.client_named(client_name) if client_name is not None else None
-        route_label = route.name if route is not None else UNKNOWN_ROUTE
-        client_label = client.name if client is not None else "-"
-        self._observer.request_started(route_label, client_label)
+        record.admit(route.name if route is not None else UNKNOWN_ROUTE, client.name if client is not None else "-")
         try:
             if self._closed:
                 raise RouterError("router is closed")
@@ -187,22 +181,23 @@ class Router:
                 if not client.may_use(route.name):
                     raise RouteNotAllowed(client.name, route.name)
             call = Call(snapshot=snapshot, route=route, tiers=snapshot.tiers[route.name], request=request,
-                        client=client_label, started=now, deadline=now + route.deadline_s)
+                        record=record, deadline=self._clock.monotonic() + route.deadline_s)
             if client is not None:
                 await self._take_client_limits(call, client)
         except BaseException as exc:
-            self._observer.request_finished(route_label, client_label, outcome_of(exc),
-                                            self._clock.monotonic() - now)
+            record.fail(exc)
             raise
-        snapshot.ledger.budget.record_request(now)
+        snapshot.ledger.budget.record_request(self._clock.monotonic())
         return call
 
-    def _refused(self, client_name: str | None, exc: BaseException) -> None:
-        """Count a request refused before admission: its body is not a valid request (no route yet)."""
-        client = self._snapshot.policy.client_named(client_name) if client_name is not None else None
-        client_label = client.name if client is not None else "-"
-        self._observer.request_started(UNKNOWN_ROUTE, client_label)
-        self._observer.request_finished(UNKNOWN_ROUTE, client_label, outcome_of(exc), 0.0)
+    def _finished(self, call: Call, outcome: str | BaseException) -> None:
+        """The request ended: an unsuccessful one gives its client tokens back; the record decides."""
+        if outcome != SUCCESS:
+            self._release_client_tokens(call)
+        if isinstance(outcome, BaseException):
+            call.record.fail(outcome)
+        else:
+            call.record.finish(outcome)
 
     async def _take_client_limits(self, call: Call, client: Client) -> None:
         quota = call.snapshot.ledger.client(client).quota

@@ -1,4 +1,4 @@
-"""A non-streaming chat completion: one attempt, and the result handed back to the caller."""
+"""A non-streaming chat completion: attempts until one answers, and the result handed back to the caller."""
 
 from __future__ import annotations
 
@@ -7,11 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router import jsonio
-from router.engine.classify import classify_exception, classify_status
-from router.engine.loop import AttemptFailed, Call, Engine, parse_json_object
-from router.engine.planner import Go
-from router.upstream.errors import TransportError
-from router.upstream.transport import Outgoing, Reply
+from router.engine.call import Call
+from router.engine.classify import classify_status
+from router.engine.loop import Engine
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,47 +47,30 @@ class ChatResult:
         return content if isinstance(content, str) else None
 
 
-async def attempt_completion(engine: Engine, call: Call, go: Go) -> ChatResult:
-    target = go.target
-    state = call.snapshot.ledger
-    permit = await engine.admit_target(call, go)
-    provider = call.snapshot.policy.providers[target.provider]
-    upstream_model = target.upstream_model(call.request.model)
-    started = engine.clock.monotonic()
-    ttfb: float | None = None
-    reply: Reply | None = None
-    body = b""
-    payload: dict[str, Any] | None = None
-    state.begin(target)
-    try:
-        outgoing = Outgoing(provider=provider, body=call.request.body_for(upstream_model),
-                            request_id=call.request.request_id, stream=False, deadline=call.deadline)
-        try:
-            reply = await engine.transport.send(outgoing)
-            ttfb = engine.clock.monotonic() - started
+async def complete(engine: Engine, call: Call) -> ChatResult:
+    """Run the attempts of a non-streaming request until one answers; raises the final error otherwise."""
+    request = call.request
+    async for attempt in engine.attempts(call):
+        async with attempt:
+            reply = await attempt.send(request.body_for(attempt.upstream_model), stream=False)
             body = await reply.read()
-        except TransportError as exc:
-            verdict = classify_exception(exc)
-        else:
-            if 200 <= reply.status < 300:
-                payload = parse_json_object(body)
-            verdict = classify_status(reply.status, reply.headers, body, now_wall=engine.clock.wall(),
-                                      payload=payload)
-    except BaseException as exc:
-        # Cancelled (or a bug) mid-attempt: the attempt says nothing about the provider's health.
-        state.breaker(target).on_neutral(permit)
-        engine.abandoned(call, target, exc, started=started, ttfb=ttfb)
-        raise
-    finally:
-        state.end(target)
-        if reply is not None:
-            reply.close()
-    engine.record(call, target, permit, verdict, started=started, ttfb=ttfb)
-    if not verdict.ok or payload is None:
-        raise AttemptFailed(verdict, target, body=body)
-    engine.settle_tokens(call, target, payload.get("usage"))
-    assert reply is not None
-    return ChatResult(body=body, status=reply.status,
-                      content_type=reply.headers.get("Content-Type", "application/json"),
-                      provider=target.provider, model=upstream_model, attempts=call.progress.attempts,
-                      request_id=call.request.request_id, route=call.route.name, _payload=payload)
+            payload = parse_json_object(body) if 200 <= reply.status < 300 else None
+            attempt.check(classify_status(reply.status, reply.headers, body, now_wall=engine.clock.wall(),
+                                          payload=payload), body)
+            assert payload is not None  # a 2xx that passed the check is a JSON object
+            attempt.settle(payload.get("usage"))
+        if attempt.failure is None:  # the block ran to its end: recorded as a success
+            return ChatResult(body=body, status=reply.status,
+                              content_type=reply.headers.get("Content-Type", "application/json"),
+                              provider=attempt.target.provider, model=attempt.upstream_model,
+                              attempts=call.progress.attempts, request_id=request.request_id,
+                              route=call.route.name, _payload=payload)
+    raise AssertionError("the attempts end with a result or the final error")
+
+
+def parse_json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        value = jsonio.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None

@@ -4,101 +4,38 @@ Composition order, for every request (chat or stream):
 
     admit -> plan -> breaker filter -> provider limit -> send -> classify -> record -> decide
 
-- admit: the router resolved the route and took the client's limit tokens.
+- admit: the router resolved the route and took the client's limit tokens (router.py).
 - plan: `planner.plan` picks the next target and the delay before it (pure).
-- breaker filter / provider limit: take the target's breaker permit and one
-  request (plus the token estimate) from the provider's quota bucket.
-- send: `transport.send` with per-try timeouts capped by the deadline.
+- breaker filter / provider limit: `attempt.admit` takes the target's breaker permit and
+  one request (plus the token estimate) from the provider's quota bucket.
+- send: `Attempt.send`, through the transport's per-try timeouts capped by the deadline.
 - classify: `classify.classify_*`, the only code that interprets answers.
-- record: breaker, provider throttle, token usage, observer, request progress.
+- record: `Attempt` feeds the verdict to the breaker, the provider throttle, the quotas,
+  the observer and the request's progress.
 - decide: plan again, spending the retry budget for anything after attempt 1.
 
-The loop is tenacity's `AsyncRetrying` (our plan is its retry/wait/stop); the
-first attempt runs without tenacity because that costs ~30 µs a request and
-most requests succeed at once. Its failure is replayed into tenacity, so every
-delay still goes through tenacity's wait and the injected sleep.
+`Engine.attempts(call)` is that loop as an async iterator of `Attempt`s (the shape of
+stamina's `retry_context`). Between attempts it is tenacity's `AsyncRetrying`: our plan is
+its retry/wait/stop, so every delay goes through tenacity's wait and the injected sleep.
+The first attempt runs without tenacity, because that costs ~30 µs a request and most
+requests succeed at once; its failure is replayed into tenacity.
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState
 
-from router import jsonio
 from router.clock import Clock
-from router.engine.backoff import full_jitter
+from router.engine.attempt import SKIPPED, Attempt, AttemptFailed, admit
+from router.engine.call import Call
 from router.engine.classify import Action, Reason, Verdict
-from router.engine.planner import Decision, GiveUp, Go, Progress, plan
+from router.engine.planner import Decision, GiveUp, Go, plan
 from router.errors import NoTargetAvailable, RateLimited, RouterError, UpstreamError
-from router.health.backends import StateBackend
-from router.health.breaker import Permit
-from router.health.ledger import Ledger
 from router.observe.observer import Observer
-from router.policy.model import Policy, Route, Target
-from router.request import ChatRequest
 from router.upstream.transport import Transport
-
-T = TypeVar("T")
-Tiers = tuple[tuple[Target, ...], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """Everything a request needs, fixed for its whole life (reload swaps the snapshot)."""
-
-    policy: Policy
-    ledger: Ledger
-    tiers: dict[str, Tiers]
-
-    @classmethod
-    def build(cls, policy: Policy, previous: Snapshot | None = None,
-              backend: StateBackend | None = None) -> Snapshot:
-        ledger = Ledger(policy, previous.ledger if previous else None, backend)
-        tiers: dict[str, Tiers] = {}
-        for name, route in policy.routes.items():
-            levels = sorted({t.priority for t in route.targets})
-            tiers[name] = tuple(tuple(t for t in route.targets if t.priority == p) for p in levels)
-        return cls(policy=policy, ledger=ledger, tiers=tiers)
-
-
-@dataclass(slots=True)
-class Call:
-    """One client request in flight: its snapshot, deadline and progress."""
-
-    snapshot: Snapshot
-    route: Route
-    tiers: Tiers
-    request: ChatRequest
-    client: str
-    started: float
-    deadline: float
-    progress: Progress = field(default_factory=Progress)
-    next: Decision | None = None
-    replay: BaseException | None = None
-    last_failure: AttemptFailed | None = None
-    tokens_reserved: int = 0
-
-
-class AttemptFailed(Exception):
-    """One attempt did not succeed; carries the verdict and the provider's answer."""
-
-    def __init__(self, verdict: Verdict, target: Target | None, *, body: bytes = b"",
-                 counted: bool = True) -> None:
-        super().__init__(verdict.reason)
-        self.verdict = verdict
-        self.target = target
-        self.body = body
-        self.counted = counted  # False: no request was sent (the target became unavailable)
-
-
-class _Delayed(Exception):
-    """Replayed into tenacity when the very first decision already asks for a wait."""
-
 
 _CONTEXT_ERRORS = frozenset({Reason.CONTEXT_LENGTH})
 _TIMEOUT_REASONS = frozenset({Reason.FIRST_BYTE_TIMEOUT, Reason.TTFT_TIMEOUT, Reason.STREAM_STALL,
@@ -112,50 +49,11 @@ class Engine:
         self.observer = observer
         self.clock = clock
         self.rng = rng
-        self._retrying = AsyncRetrying(retry=self._retry_cb, wait=self._wait_cb, stop=self._stop_cb,
-                                       sleep=sleep, reraise=True)
+        self.sleep = sleep
 
-    # -- the loop -------------------------------------------------------------------------
-    async def run(self, call: Call, attempt: Callable[[Call, Go], Awaitable[T]]) -> T:
-        decision = self.decide(call)
-        call.next = decision
-        if isinstance(decision, GiveUp):
-            raise self.final_error(call, decision)
-        if decision.delay <= 0:
-            try:
-                return await attempt(call, decision)
-            except AttemptFailed as failed:
-                if failed.counted:
-                    call.last_failure = failed
-                call.replay = failed
-        else:
-            call.replay = _Delayed()
-        try:
-            return await self._retrying.copy()(_step, call, attempt)
-        except (AttemptFailed, _Delayed):
-            pass
-        final = call.next if isinstance(call.next, GiveUp) else GiveUp("exhausted")
-        raise self.final_error(call, final)
-
-    def _retry_cb(self, state: RetryCallState) -> bool:
-        call: Call = state.args[0]
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _Delayed):
-            return True  # the decision is already made: wait for it
-        if not isinstance(exc, AttemptFailed):
-            return False
-        if exc.verdict.action is Action.FATAL:
-            call.next = None
-            return False
-        call.next = self.decide(call)
-        return True
-
-    def _wait_cb(self, state: RetryCallState) -> float:
-        decision = state.args[0].next
-        return decision.delay if isinstance(decision, Go) else 0.0
-
-    def _stop_cb(self, state: RetryCallState) -> bool:
-        return not isinstance(state.args[0].next, Go)
+    def attempts(self, call: Call) -> Attempts:
+        """The attempts of one request, each admitted and ready to send (see `Attempts`)."""
+        return Attempts(self, call)
 
     def decide(self, call: Call) -> Decision:
         now = self.clock.monotonic()
@@ -174,111 +72,10 @@ class Engine:
                 self.observer.failed_over(call.route.name, progress.last.provider, decision.target.provider)
         return decision
 
-    # -- shared pieces of an attempt ------------------------------------------------------------
-    async def admit_target(self, call: Call, go: Go) -> Permit:
-        """Breaker permit and provider quota for `go.target`, or AttemptFailed(counted=False)."""
-        state = call.snapshot.ledger
-        now = self.clock.monotonic()
-        breaker = state.breaker(go.target)
-        permit = breaker.acquire(now) or (breaker.force_acquire() if go.forced else None)
-        if permit is None:
-            call.progress.excluded.add(go.target.key)
-            raise AttemptFailed(_SKIPPED, go.target, counted=False)
-        quota = state.provider(go.target.provider).quota
-        if quota is not None:
-            try:
-                wait, _ = await quota.take(call.request.token_estimate, 0.0)
-            except BaseException:
-                breaker.on_neutral(permit)  # a probe permit must not stay out forever
-                raise
-            if wait > 0:
-                breaker.on_neutral(permit)
-                call.progress.excluded.add(go.target.key)
-                raise AttemptFailed(_SKIPPED, go.target, counted=False)
-        return permit
-
-    def record(self, call: Call, target: Target, permit: Permit, verdict: Verdict, *, started: float,
-               ttfb: float | None, report: bool = True) -> None:
-        """Feed one verdict to the breaker, the throttle, the observer and the request's progress."""
-        state = call.snapshot.ledger
-        now = self.clock.monotonic()
-        breaker = state.breaker(target)
-        provider_name = target.provider
-        if verdict.ok:
-            if breaker.on_success(permit):
-                self.observer.breaker_changed(provider_name, target.key, "closed")
-        elif verdict.long_ejection or verdict.breaker_failure:
-            if verdict.long_ejection:
-                breaker.eject_for_max(now)
-                opened = True
-            else:
-                opened = breaker.on_failure(permit, now)
-            if opened and breaker.open_until is not None:
-                state.ejected(target, breaker.open_until, now)
-                self.observer.breaker_changed(provider_name, target.key, "open")
-        else:
-            breaker.on_neutral(permit)
-        progress = call.progress
-        progress.attempts += 1
-        progress.per_target[target.key] = progress.per_target.get(target.key, 0) + 1
-        progress.last = target
-        progress.last_verdict = verdict
-        if verdict.throttle:
-            retry = call.route.retry
-            delay = verdict.retry_after
-            if delay is None:  # no usable header: back off, never retry at once
-                delay = max(retry.base_interval_s,
-                            full_jitter(progress.per_target[target.key], retry.base_interval_s,
-                                        retry.max_interval_s, self.rng))
-            state.throttle(provider_name, now + delay, now)
-            self.observer.provider_throttled(provider_name)
-        if verdict.action is Action.FAILOVER:
-            progress.excluded.add(target.key)
-        if verdict.long_ejection:
-            progress.excluded.update(t.key for tier in call.tiers for t in tier if t.provider == provider_name)
-        if verdict.exclude_model:
-            progress.excluded_models.add(target.upstream_model(call.request.model))
-        if not verdict.ok:
-            quota = state.provider(provider_name).quota
-            if quota is not None:
-                quota.adjust_tokens(-call.request.token_estimate)
-        if report:  # a committed stream reports its attempt when it ends
-            self.observer.attempt_finished(call.route.name, provider_name, str(verdict.reason),
-                                           now - started, ttfb)
-
-    def abandoned(self, call: Call, target: Target, exc: BaseException, *, started: float,
-                  ttfb: float | None) -> None:
-        """Report an attempt that ended without a verdict: cancelled by the caller (or a bug)."""
-        outcome = "cancelled" if isinstance(exc, asyncio.CancelledError) else "internal_error"
-        self.observer.attempt_finished(call.route.name, target.provider, outcome,
-                                       self.clock.monotonic() - started, ttfb)
-
-    def settle_tokens(self, call: Call, target: Target, usage: object, *, measured: bool = True) -> None:
-        """Reconcile the token reservations with the provider's reported `usage`.
-
-        `measured=False`: `usage` is our own estimate (a stream without a usage chunk); it settles the
-        reservations but is not reported as tokens used."""
-        prompt, completion = usage_counts(usage)
-        if prompt is None:
-            return
-        actual = prompt + (completion or 0)
-        quota = call.snapshot.ledger.provider(target.provider).quota
-        if quota is not None:
-            quota.adjust_tokens(actual - call.request.token_estimate)
-        client = call.snapshot.policy.client_named(call.client) if call.tokens_reserved else None
-        if client is not None:
-            client_quota = call.snapshot.ledger.client(client).quota
-            if client_quota is not None:
-                client_quota.adjust_tokens(actual - call.tokens_reserved)
-                call.tokens_reserved = 0
-        if measured:
-            self.observer.tokens_used(call.route.name, target.provider, prompt, completion or 0)
-
     # -- the answer when nothing worked -------------------------------------------------------
-    def final_error(self, call: Call, give_up: GiveUp) -> RouterError:
+    def final_error(self, call: Call, give_up: GiveUp, failed: AttemptFailed | None) -> RouterError:
         progress = call.progress
         attempts = progress.attempts
-        failed = call.last_failure
         verdict = failed.verdict if failed else None
         provider = failed.target.provider if failed and failed.target else None
         if give_up.reason == "retry_budget":
@@ -312,7 +109,8 @@ class Engine:
         if give_up.reason == "deadline" or verdict.reason in _TIMEOUT_REASONS:
             return UpstreamError(_summary("no provider answered in time", verdict, provider), status=504,
                                  attempts=attempts, provider=provider, reason=str(verdict.reason))
-        down_for = self._route_down_for(call)
+        down_for = call.snapshot.ledger.route_down_for(call.snapshot.tiers[call.route.name],
+                                                       self.clock.monotonic())
         if down_for is not None:  # not one bad answer: every target is ejected, the route is down for now
             return NoTargetAvailable(_summary("every target of this route is ejected", verdict, provider),
                                      attempts=attempts, retry_after=down_for)
@@ -320,36 +118,95 @@ class Engine:
                              status=502, attempts=attempts, provider=provider, reason=str(verdict.reason))
 
 
-    def _route_down_for(self, call: Call) -> float | None:
-        """Seconds until a target of the route is admitted again if every target's breaker is open, else None."""
-        now = self.clock.monotonic()
-        state = call.snapshot.ledger
-        until: list[float] = []
-        for tier in call.snapshot.tiers[call.route.name]:
-            for target in tier:
-                breaker = state.breaker(target)
-                if breaker.available(now) or breaker.open_until is None:
-                    return None
-                until.append(breaker.open_until)
-        return max(min(until) - now, 0.0)
+class Attempts:
+    """`async for attempt in engine.attempts(call)`: plan, admit, hand out; after a failed attempt,
+    decide again through tenacity. Ends by raising the request's final error (a `RouterError`) when
+    the plan gives up, or with StopAsyncIteration if the caller carries on after a success."""
+
+    __slots__ = ("_call", "_current", "_decision", "_engine", "_last_failure", "_manager", "_pending",
+                 "_retrying")
+
+    def __init__(self, engine: Engine, call: Call) -> None:
+        self._engine = engine
+        self._call = call
+        self._current: Attempt | None = None
+        self._decision: Decision | None = None
+        self._pending: BaseException | None = None  # what ended the last try, for tenacity to judge
+        self._last_failure: AttemptFailed | None = None  # the last attempt that was sent and failed
+        self._retrying: AsyncRetrying | None = None
+        self._manager: object | None = None  # tenacity's AttemptManager of the try in progress
+
+    def __aiter__(self) -> Attempts:
+        return self
+
+    async def __anext__(self) -> Attempt:
+        current = self._current
+        if current is not None:
+            if current.failure is None:
+                raise StopAsyncIteration  # the caller went on after a success or a commit
+            self._pending, self._current = current.failure, None
+        while True:
+            go = await self._next_target()
+            attempt = await admit(self._engine, self._call, go)
+            if attempt is not None:
+                self._current = attempt
+                return attempt
+            self._pending = AttemptFailed(SKIPPED, go.target, counted=False)
+
+    async def _next_target(self) -> Go:
+        engine, call = self._engine, self._call
+        pending = self._pending
+        if pending is None and self._retrying is None:  # the first decision of this loop
+            decision = engine.decide(call)
+            self._decision = decision
+            if isinstance(decision, GiveUp):
+                raise engine.final_error(call, decision, None)
+            if decision.delay <= 0:
+                return decision
+            pending = _Delayed()  # tenacity does the waiting
+        if isinstance(pending, AttemptFailed) and pending.counted:
+            self._last_failure = pending
+        self._pending = None
+        retrying = self._retrying
+        if retrying is None:
+            retrying = self._retrying = AsyncRetrying(retry=self._retry, wait=self._wait, stop=self._stop,
+                                                      sleep=engine.sleep, reraise=True).__aiter__()
+            self._manager = await retrying.__anext__()  # the try whose end is replayed below
+        assert pending is not None
+        self._manager.retry_state.set_exception((type(pending), pending, pending.__traceback__))  # type: ignore[attr-defined]
+        try:
+            self._manager = await retrying.__anext__()  # decides, sleeps as decided, or raises
+        except (AttemptFailed, _Delayed, StopAsyncIteration):
+            decision = self._decision
+            final = decision if isinstance(decision, GiveUp) else GiveUp("exhausted")
+            raise engine.final_error(call, final, self._last_failure) from None
+        decision = self._decision
+        assert isinstance(decision, Go)
+        return decision
+
+    # -- tenacity's retry / wait / stop, all read from our own decision -------------------------
+    def _retry(self, state: RetryCallState) -> bool:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _Delayed):
+            return True  # the decision is already made: wait for it
+        if not isinstance(exc, AttemptFailed):
+            return False
+        if exc.verdict.action is Action.FATAL:
+            self._decision = None
+            return False
+        self._decision = self._engine.decide(self._call)
+        return True
+
+    def _wait(self, state: RetryCallState) -> float:
+        decision = self._decision
+        return decision.delay if isinstance(decision, Go) else 0.0
+
+    def _stop(self, state: RetryCallState) -> bool:
+        return not isinstance(self._decision, Go)
 
 
-async def _step(call: Call, attempt: Callable[[Call, Go], Awaitable[T]]) -> T:
-    if call.replay is not None:
-        replay, call.replay = call.replay, None
-        raise replay
-    decision = call.next
-    assert isinstance(decision, Go)
-    try:
-        return await attempt(call, decision)
-    except AttemptFailed as failed:
-        if failed.counted:
-            call.last_failure = failed
-        raise
-
-
-# A target that became unavailable between planning and sending: not an attempt, just plan again.
-_SKIPPED = Verdict(Action.RETRY, Reason.OK)
+class _Delayed(Exception):
+    """Replayed into tenacity when the very first decision already asks for a wait."""
 
 
 def _summary(prefix: str, verdict: Verdict | None, provider: str | None) -> str:
@@ -358,34 +215,3 @@ def _summary(prefix: str, verdict: Verdict | None, provider: str | None) -> str:
     status = f" {verdict.status}" if verdict.status else ""
     return f"{prefix}; last: {provider or 'provider'} {verdict.reason}{status}"
 
-
-def outcome_of(exc: BaseException) -> str:
-    """The closed-set outcome label of a request that ended with `exc`."""
-    if isinstance(exc, asyncio.CancelledError):
-        return "cancelled"
-    if isinstance(exc, RateLimited):
-        return "rate_limited" if exc.scope == "client" else "providers_rate_limited"
-    if isinstance(exc, NoTargetAvailable):
-        return "no_target"
-    if isinstance(exc, UpstreamError):
-        return exc.reason
-    if isinstance(exc, RouterError):
-        return exc.code or exc.error_type
-    return "internal_error"
-
-
-def usage_counts(usage: object) -> tuple[int | None, int | None]:
-    if not isinstance(usage, dict):
-        return None, None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    prompt_ok = isinstance(prompt, int) and not isinstance(prompt, bool) and prompt >= 0
-    completion_ok = isinstance(completion, int) and not isinstance(completion, bool) and completion >= 0
-    return (prompt if prompt_ok else None), (completion if completion_ok else None)
-
-
-def parse_json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        value = jsonio.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None

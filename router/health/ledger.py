@@ -13,6 +13,7 @@ backend, and what other replicas published is adopted by `adopt_health`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from router.health.backends import EJECT, THROTTLE, HealthReport, MemoryBackend, StateBackend
@@ -130,6 +131,17 @@ class Ledger:
                 if provider is not None:
                     provider.throttle(now + seconds)
         return opened
+
+    def route_down_for(self, tiers: Iterable[Iterable[Target]], now: float) -> float | None:
+        """Seconds until a target of `tiers` is admitted again if every target's breaker is open, else None."""
+        until: list[float] = []
+        for tier in tiers:
+            for target in tier:
+                breaker = self._breakers[target.key]
+                if breaker.available(now) or breaker.open_until is None:
+                    return None
+                until.append(breaker.open_until)
+        return max(min(until) - now, 0.0) if until else None
 
     # -- in-flight accounting (least_busy and the in-flight gauge) -------------------------
     def begin(self, target: Target) -> None:

@@ -12,6 +12,7 @@ from aiohttp import HttpVersion11, web
 from router.observe.prometheus import CollectorRegistry, PrometheusObserver
 from router.router import Router
 from router.server import handlers
+from router.server.aiohttp_internals import write_interim
 from router.server.auth import ClientKeys
 from router.server.context import CONTEXT, ServerContext
 from router.server.errors import error_response, http_error_response, internal_error_response
@@ -68,8 +69,7 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
         return None
     if request.headers.get("Expect", "").lower() != "100-continue":
         return error_response(417, "only `Expect: 100-continue` is supported", code="expectation_failed")
-    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    request.writer.output_size = 0  # the interim answer is not part of the response's size
+    await write_interim(request, b"HTTP/1.1 100 Continue\r\n\r\n")
     return None
 
 

@@ -19,9 +19,10 @@ from collections.abc import Callable, Mapping
 from aiohttp import web
 
 from router.server import wire
-from router.server.chat import serve_chat
+from router.server.aiohttp_internals import ProtocolSite
+from router.server.answer import Answer
+from router.server.chat import events, serve_chat
 from router.server.context import CONTEXT, ServerContext
-from router.server.errors import error_body
 
 log = logging.getLogger("router.server")
 
@@ -40,9 +41,9 @@ Tap = Callable[[int, Mapping[str, str], bytes | None], None]
 class _Front:
     """The connections of one listening socket, for the drain and the idle sweep."""
 
-    def __init__(self, state: ServerContext, fallback: Callable[[], asyncio.Protocol], max_body: int,
+    def __init__(self, context: ServerContext, fallback: Callable[[], asyncio.Protocol], max_body: int,
                  tap: Tap | None) -> None:
-        self.state, self.fallback, self.max_body, self.tap = state, fallback, max_body, tap
+        self.context, self.fallback, self.max_body, self.tap = context, fallback, max_body, tap
         self.connections: set[_Connection] = set()
         self.closing = False
         self._sweeper: asyncio.TimerHandle | None = None
@@ -82,10 +83,10 @@ class _Front:
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("_buffer", "_drain_waiter", "_front", "_paused", "_timer", "_transport", "idle_since", "task")
+    __slots__ = ("_buffer", "_drain_waiter", "_paused", "_timer", "_transport", "front", "idle_since", "task")
 
     def __init__(self, front: _Front) -> None:
-        self._front = front
+        self.front = front
         self._transport: asyncio.Transport | None = None
         self._buffer = b""
         self._timer: asyncio.TimerHandle | None = None
@@ -97,7 +98,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._front.connections.add(self)
+        self.front.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
         self._buffer = self._buffer + data if self._buffer else data
@@ -119,7 +120,7 @@ class _Connection(asyncio.Protocol):
             elif buffer:
                 self._wait()
             return
-        head = wire.parse_head(buffer[:end], self._front.max_body) if end <= wire.MAX_HEAD_BYTES else None
+        head = wire.parse_head(buffer[:end], self.front.max_body) if end <= wire.MAX_HEAD_BYTES else None
         if head is None:
             self._hand_off()
             return
@@ -147,9 +148,9 @@ class _Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._front.connections.discard(self)
+        self.front.connections.discard(self)
         self._transport = None
-        protocol = self._front.fallback()
+        protocol = self.front.fallback()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         data, self._buffer = self._buffer, b""
@@ -167,33 +168,10 @@ class _Connection(asyncio.Protocol):
             transport.abort()
 
     async def _answer(self, transport: asyncio.Transport, head: wire.RequestHead, body: bytes) -> None:
-        exchange = _Exchange(self, transport, head.headers, body)
-        response = await serve_chat(self._front.state, exchange)
-        close = head.close or self._front.closing
-        tap = self._front.tap
-        if response is None:  # an event stream was relayed: end it
-            transport.write(exchange.pending() + wire.LAST_CHUNK)
-            if tap is not None:
-                tap(200, exchange.stream_headers, None)
-        elif exchange.stream_headers:
-            # The stream was open and then failed inside the router: no terminating chunk, so the
-            # client sees a cut answer, not a complete one.
-            close = True
-            transport.write(exchange.pending())
-        else:
-            close = close or response.keep_alive is False
-            body = response.body
-            assert isinstance(body, bytes)
-            try:
-                payload = wire.answer_head(response.status, response.headers, length=len(body), close=close) + body
-            except ValueError:
-                payload = _INTERNAL_ERROR
-                close = True
-            transport.write(payload)
-            if tap is not None:
-                tap(response.status, dict(response.headers), body)
+        exchange = _Exchange(self, transport, head, body)
+        await serve_chat(self.front.context, exchange)
         self.task = None
-        if close or transport.is_closing():
+        if exchange.close or self.front.closing or transport.is_closing():
             transport.close()
             return
         self.idle_since = time.monotonic()
@@ -220,7 +198,7 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._front.connections.discard(self)
+        self.front.connections.discard(self)
         self._transport = None
         if self._timer is not None:
             self._timer.cancel()
@@ -232,71 +210,79 @@ class _Connection(asyncio.Protocol):
             waiter.set_exception(ConnectionResetError("the client closed the connection"))
 
 
-_INTERNAL_BODY = error_body("internal error in the router", status=500, code="internal_error")
-_INTERNAL_ERROR = wire.answer_head(500, {"Content-Type": "application/json"}, length=len(_INTERNAL_BODY),
-                                   close=True) + _INTERNAL_BODY
-
-
 class _Exchange:
-    """chat.Exchange over a fast-front connection."""
+    """chat.Exchange over a fast-front connection: renders the answer as HTTP/1.1 bytes."""
 
-    __slots__ = ("_body", "_connection", "_head", "_transport", "headers", "stream_headers")
+    __slots__ = ("_body", "_connection", "_head", "_transport", "close", "headers", "started")
     method = "POST"
     path = "/v1/chat/completions"
 
-    def __init__(self, connection: _Connection, transport: asyncio.Transport, headers: wire.Headers,
+    def __init__(self, connection: _Connection, transport: asyncio.Transport, head: wire.RequestHead,
                  body: bytes) -> None:
-        self._connection, self._transport, self.headers, self._body = connection, transport, headers, body
-        self._head = b""
-        self.stream_headers: dict[str, str] = {}
+        self._connection, self._transport, self.headers, self._body = connection, transport, head.headers, body
+        self.close = head.close  # after this answer (the client asked, or the answer or a drain decides)
+        self.started = False
+        self._head = b""  # a stream's head, until it goes out with the first event
 
     async def read_body(self) -> bytes:
         return self._body
 
-    async def open_stream(self, headers: dict[str, str]) -> None:
-        # Sent with the first event: one write, as aiohttp does with _SseResponse.
-        self._head = wire.answer_head(200, headers, length=None, close=False)
-        self.stream_headers = headers
-
-    async def write(self, data: bytes) -> None:
-        if not data:
+    async def send(self, answer: Answer) -> None:
+        transport, tap = self._transport, self._connection.front.tap
+        self.close = close = self.close or answer.close or self._connection.front.closing
+        if answer.stream is None:
+            transport.write(wire.answer_head(answer.status, answer.headers, length=len(answer.body), close=close)
+                            + answer.body)
+            self.started = True
+            if tap is not None:
+                tap(answer.status, answer.headers, answer.body)
             return
-        if self._transport.is_closing():
+        # The head goes out with the first event: one write, as aiohttp does with SseResponse.
+        self._head = wire.answer_head(answer.status, answer.headers, length=None, close=close)
+        async for data in events(answer):
+            await self.write_event(data)
+        transport.write(self._pending_head() + wire.LAST_CHUNK)
+        self.started = True
+        if tap is not None:
+            tap(answer.status, answer.headers, None)
+
+    async def write_event(self, data: bytes) -> None:
+        transport = self._transport
+        if transport.is_closing():
             raise ConnectionResetError("the client closed the connection")
-        self._transport.write(self.pending() + wire.chunk(data))
+        transport.write(self._pending_head() + wire.chunk(data))
+        self.started = True
         await self._connection.drain()
 
-    def pending(self) -> bytes:
+    def _pending_head(self) -> bytes:
         head, self._head = self._head, b""
         return head
 
+    def abort(self) -> None:
+        self.close = True
+        self._transport.abort()
 
-class FrontSite(web.BaseSite):
+
+class FrontSite(ProtocolSite):
     """A TCP site whose connections start on the fast front (see the module docstring).
 
     `tap` sees every answer the fast front sends (status, headers, body or None for a stream);
     the tests use it to check answers for leaks."""
 
-    __slots__ = ("_front", "_host", "_port", "_reuse_port", "_tap")
-
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, reuse_port: bool | None = None,
+    def __init__(self, runner: web.AppRunner, host: str, port: int, *, reuse_port: bool | None = None,
                  tap: Tap | None = None) -> None:
-        super().__init__(runner)
-        self._host, self._port, self._reuse_port, self._tap = host, port, reuse_port, tap
+        super().__init__(runner, host, port, reuse_port=reuse_port)
+        self._tap = tap
         self._front: _Front | None = None
 
-    @property
-    def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
-
     async def start(self) -> None:
+        context = self.app[CONTEXT]
+        self._front = _Front(context, self.fallback, context.router.policy.server.max_body_bytes, self._tap)
         await super().start()
-        runner = self._runner
-        assert isinstance(runner, web.AppRunner) and runner.server is not None
-        state = runner.app[CONTEXT]
-        self._front = _Front(state, runner.server, state.router.policy.server.max_body_bytes, self._tap)
-        self._server = await asyncio.get_running_loop().create_server(
-            self._front.protocol, self._host, self._port, backlog=self._backlog, reuse_port=self._reuse_port)
+
+    def protocol(self) -> asyncio.Protocol:
+        assert self._front is not None
+        return self._front.protocol()
 
     async def stop(self) -> None:
         """Stop listening; idle fast-front connections close now, busy ones after their answer."""

@@ -8,7 +8,9 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from router.server.chat import BodyRefused, serve_chat
+from router.server.aiohttp_internals import SseResponse
+from router.server.answer import Answer
+from router.server.chat import BodyRefused, events, serve_chat
 from router.server.context import CONTEXT
 from router.server.errors import error_response
 from router.server.workers import LOCAL_ONLY, fleet_metrics
@@ -22,11 +24,9 @@ BODY_READ_TIMEOUT_S = 30.0
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """The aiohttp route for what the fast front hands over (chunked or slow bodies, `Expect`, ...)."""
     exchange = _AiohttpExchange(request)
-    response = await serve_chat(request.app[CONTEXT], exchange)
-    if response is None:
-        assert exchange.response is not None
-        return exchange.response
-    return response
+    await serve_chat(request.app[CONTEXT], exchange)
+    assert exchange.response is not None
+    return exchange.response
 
 
 class _AiohttpExchange:
@@ -41,6 +41,10 @@ class _AiohttpExchange:
     @property
     def headers(self) -> Mapping[str, str]:
         return self.request.headers
+
+    @property
+    def started(self) -> bool:
+        return self.response is not None and self.response.prepared
 
     async def read_body(self) -> bytes:
         request = self.request
@@ -61,19 +65,23 @@ class _AiohttpExchange:
             raise BodyRefused(400, "request body could not be read (bad encoding or framing)", code="invalid_body",
                               closing=True) from None
 
-    async def open_stream(self, headers: dict[str, str]) -> None:
-        self.response = _SseResponse(status=200, headers=headers)
-        await self.response.prepare(self.request)
+    async def send(self, answer: Answer) -> None:
+        if answer.stream is None:
+            response = web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+            if answer.close:
+                response.force_close()
+            self.response = response
+            return
+        stream = SseResponse(status=answer.status, headers=answer.headers)
+        self.response = stream
+        await stream.prepare(self.request)
+        async for data in events(answer):
+            await stream.write(data)
 
-    async def write(self, data: bytes) -> None:
-        assert self.response is not None
-        await self.response.write(data)
-
-
-class _SseResponse(web.StreamResponse):
-    # The first event is written right after prepare(): let aiohttp send the headers with it
-    # (one send instead of two, as web.Response does) instead of on their own.
-    _send_headers_immediately = False
+    def abort(self) -> None:
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()
 
 
 async def models(request: web.Request) -> web.Response:

@@ -21,6 +21,7 @@ from router.policy import load_policy
 from router.policy.model import Policy
 from router.router import Router
 from router.server.access_log import LineSink, use_sink
+from router.server.aiohttp_internals import close_idle_connections
 from router.server.app import create_app
 from router.server.context import CONTEXT, ServerContext
 from router.server.demo import start_demo_providers, stop_demo_providers
@@ -110,8 +111,7 @@ async def _drain(runner: web.AppRunner, state: ServerContext, timeout_s: float) 
     """
     for site in list(runner.sites):
         await site.stop()
-    if runner.server is not None:
-        runner.server.pre_shutdown()  # idle keep-alive connections: close now, not after the drain
+    close_idle_connections(runner)  # idle keep-alive connections: close now, not after the drain
     pending = [task for task in state.in_flight if not task.done()]
     if pending and timeout_s > 0:
         await asyncio.wait(pending, timeout=timeout_s)

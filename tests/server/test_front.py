@@ -170,17 +170,17 @@ async def test_connection_close_is_honoured(server: Daemon) -> None:
 
 async def test_an_internal_error_mid_stream_cuts_the_answer_instead_of_ending_it(
         server: Daemon, monkeypatch: pytest.MonkeyPatch, http: aiohttp.ClientSession) -> None:
-    original = front._Exchange.write
+    original = front._Connection.drain
     calls = 0
 
-    async def failing_write(self: front._Exchange, data: bytes) -> None:
+    async def failing_drain(self: front._Connection) -> None:  # runs after each event's write
         nonlocal calls
         calls += 1
         if calls == 2:
             raise RuntimeError("a bug in the relay")
-        await original(self, data)
+        await original(self)
 
-    monkeypatch.setattr(front._Exchange, "write", failing_write)
+    monkeypatch.setattr(front._Connection, "drain", failing_drain)
     with pytest.raises(aiohttp.ClientPayloadError):
         async with http.post(server.chat_url, data=STREAM_BODY) as response:
             assert response.status == 200

@@ -16,7 +16,8 @@ import pytest
 
 from router.mock import Continue, Hang, Ok, Reset, Status, Stream
 from router.observe.prometheus import PrometheusObserver
-from router.server import front, handlers
+from router.server import front
+from router.server.aiohttp_internals import SseResponse
 from tests.server.conftest import DaemonFactory
 from tests.server.helpers import chat_body, simple_policy, sse_data, sse_text
 
@@ -257,28 +258,51 @@ async def test_a_cut_after_commit_continues_on_a_prefill_target_without_repeatin
 
 
 
+async def test_a_stream_that_stalls_after_commit_is_continued_elsewhere_after_one_idle_timeout(
+        daemon: DaemonFactory, fake_provider, http: aiohttp.ClientSession) -> None:
+    # Both providers accept a prefill, so the stalled one is still in the continuation's plan. A stall is
+    # a fail-over verdict: the continuation must go to the other one at once. It used to go back to the
+    # stalled provider (one more idle timeout, two in all, before the alternate was tried).
+    idle_s = 1.0
+    primary, backup = await fake_provider("primary"), await fake_provider("backup")
+    full = "The quick brown fox jumps over the lazy dog."
+    primary.set_default(Stream(content=full, chunks=6, stall_after=2))
+    backup.set_default(Continue(full_content=full))
+    prefill = {"supports_prefill": True, "timeouts": {"idle_s": idle_s}}
+    server = await daemon(simple_policy(primary, backup, provider_fields={"primary": prefill, "backup": prefill}))
+
+    async with http.post(server.chat_url, json=chat_body(stream=True)) as response:
+        payloads = sse_data(await response.read())
+
+    assert payloads[-1] == "[DONE]" and sse_text(payloads) == full and not error_events(payloads)
+    assert (primary.count, backup.count) == (1, 1)  # never back to the provider that stalled
+    # The alternate started one idle timeout after the stall (two, before the fix), whatever the load.
+    assert backup.hits[0].started - primary.hits[0].started < 2 * idle_s
+    await primary.wait_until(lambda: primary.hits[0].disconnected, within_s=1.0)  # the stalled stream was closed
+
 
 def abort_on_write(monkeypatch: pytest.MonkeyPatch, via: str, when: Callable[[bytes], bool]) -> dict[str, bool]:
     """Abort the client's transport just before the event write that `when` picks, in the front `via`:
     the fast front, or aiohttp's handler (which the client reaches with `Expect: 100-continue`)."""
     if via == "fast":
         cls: Any = front._Exchange
+        name = "write_event"
 
         def transport_of(exchange: Any) -> Any:
             return exchange._transport
     else:
-        cls = handlers._SseResponse
+        cls, name = SseResponse, "write"
 
         def transport_of(response: Any) -> Any:
             return response._req.transport
-    write = cls.write
+    write = getattr(cls, name)
 
     async def write_after_a_reset(self: Any, data: bytes) -> None:
         if when(data):
             transport_of(self).abort()
         await write(self, data)
 
-    monkeypatch.setattr(cls, "write", write_after_a_reset)
+    monkeypatch.setattr(cls, name, write_after_a_reset)
     return {"expect100": via == "aiohttp"}
 
 
