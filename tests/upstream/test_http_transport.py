@@ -19,8 +19,8 @@ from yarl import URL
 from router.policy.model import Provider, Timeouts
 from router.upstream.errors import BodyCut, ConnectFailed, ConnectionLost, FirstByteTimeout, IdleTimeout
 from router.upstream.transport import Outgoing
-from tests.transport.aioresponses_compat import CompatResponse, compat_aioresponses
-from tests.transport.conftest import TransportFactory
+from tests.upstream.aioresponses_compat import CompatResponse, compat_aioresponses
+from tests.upstream.conftest import TransportFactory
 
 BASE = "http://aimo.test/api/v1"
 URL_ = BASE + "/chat/completions"
