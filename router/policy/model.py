@@ -76,7 +76,7 @@ class Provider:
     supports_prefill: bool = False
     mock: MockSpec | None = None
     allow_link_local: bool = False  # base_url may be a link-local or cloud-metadata address
-    # `fast`: the router's own HTTP/1.1 client (router/upstream/http1.py); `aiohttp`: aiohttp's ClientSession.
+    # `fast`: the router's own HTTP/1.1 client (router/upstream/http1/); `aiohttp`: aiohttp's ClientSession.
     http_client: str = "fast"
 
     @property

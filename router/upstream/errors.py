@@ -1,7 +1,8 @@
-"""Failures the transport reports, free of aiohttp types.
+"""Failures the transport reports, free of any HTTP library's types.
 
-The transport translates library exceptions into these so that the classifier
-(the only code that interprets failures) never imports the HTTP client.
+Each client raises these for its own library's exceptions (http1 directly, the aiohttp
+client by translating), so neither the transport nor the classifier (the only code that
+interprets failures) imports an HTTP client.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ class TransportError(Exception):
 
 class ConnectFailed(TransportError):
     """No connection: refused, DNS failure, connect timeout, or the pool wait timed out."""
+
+    def __init__(self, detail: str = "", *, deadline_bound: bool = False, timed_out: bool = False) -> None:
+        super().__init__(detail, deadline_bound=deadline_bound)
+        self.timed_out = timed_out  # the connect timeout fired (the transport knows if the deadline set it)
 
 
 class ConnectionLost(TransportError):

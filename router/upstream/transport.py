@@ -1,7 +1,7 @@
 """HTTP to providers: per-try timeouts, connection slots, scrubbing, no surprises.
 
-- The bytes travel through one of two clients (transport_clients.py): the lean
-  HTTP/1.1 client by default, aiohttp's ClientSession for `http_client: aiohttp`;
+- The bytes travel through one of two clients (client.py): the lean HTTP/1.1
+  client by default, aiohttp's ClientSession for `http_client: aiohttp`;
   either keeps a keep-alive pool for the router's lifetime.
 - Per try: connect (incl. waiting for a pool slot), first byte (until headers),
   idle (between body/stream reads); each capped by the request's remaining
@@ -12,7 +12,8 @@
 - What a provider sends back is scrubbed of our key (and of custom header values):
   a provider that echoes them in an error message, a body or a stream event gets
   them replaced by `[redacted]`, so they cannot travel on to a caller or a log.
-- Client exceptions are translated into `transport_errors` here and nowhere else.
+- Each client raises the transport's failures (errors.py) for its own library's
+  exceptions; this module adds the timeouts and imports neither client's library.
 """
 
 from __future__ import annotations
@@ -22,27 +23,19 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-import aiohttp
-
 from router.clock import Clock, SystemClock
 from router.errors import RouterError
 from router.policy.model import Provider
-from router.upstream import http1
-from router.upstream.clients import AiohttpClient, Body, Client, FastClient
-from router.upstream.errors import (
-    BodyCut,
-    ConnectFailed,
-    ConnectionLost,
-    FirstByteTimeout,
-    IdleTimeout,
-)
+from router.upstream.aiohttp_client import AiohttpClient
+from router.upstream.client import Body, Client
+from router.upstream.errors import BodyCut, ConnectFailed, FirstByteTimeout, IdleTimeout, TransportError
+from router.upstream.fast_client import FastClient
 from router.upstream.sse import SseEvent, SseParser
 
 REDACTED = b"[redacted]"
 # Shorter header values are not scrubbed: replacing a 2-character value everywhere would mangle
 # answers, and keys are far longer.
 MIN_SECRET_BYTES = 8
-_READ_ERRORS = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError, http1.MalformedResponse)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +95,6 @@ class _HttpReply:
                 return await self._response.readany()
         except TimeoutError:
             raise IdleTimeout(f"no data for {limit:.3g}s", deadline_bound=bound) from None
-        except _READ_ERRORS as exc:
-            raise BodyCut(f"connection lost mid-body ({type(exc).__name__})") from None
 
     async def read(self) -> bytes:
         """The whole body, which must arrive within `idle_s` (capped by the deadline).
@@ -119,8 +110,6 @@ class _HttpReply:
                 return _scrub(await self._response.read(), self._secrets)
         except TimeoutError:
             raise IdleTimeout(f"body not complete within {limit:.3g}s", deadline_bound=bound) from None
-        except _READ_ERRORS as exc:
-            raise BodyCut(f"connection lost mid-body ({type(exc).__name__})") from None
         finally:
             self.close()
 
@@ -243,13 +232,14 @@ class HttpTransport:
             slot.release()
             if response is not None:
                 response.close()
-            if reading and isinstance(exc, TimeoutError) and window.expired():
-                raise IdleTimeout(f"body not complete within {idle_s:.3g}s", deadline_bound=idle_bound) from None
-            if reading and isinstance(exc, _READ_ERRORS):
-                raise BodyCut(f"connection lost mid-body ({type(exc).__name__})") from None
-            raise _translate(exc, window_expired=window.expired(),
-                             connect_bound=connect_bound, first_bound=first_bound,
-                             first_byte_s=first_byte_s) from None
+            if isinstance(exc, TimeoutError) and not isinstance(exc, TransportError):
+                if reading:
+                    raise IdleTimeout(f"body not complete within {idle_s:.3g}s", deadline_bound=idle_bound) from None
+                raise FirstByteTimeout(f"no response headers within {first_byte_s:.3g}s",
+                                       deadline_bound=first_bound) from None
+            if isinstance(exc, ConnectFailed) and exc.timed_out and connect_bound:
+                raise ConnectFailed(str(exc), deadline_bound=True, timed_out=True) from None
+            raise
         return _HttpReply(response, outgoing, self._clock, slot, body, endpoint.secrets)
 
     async def aclose(self) -> None:
@@ -270,22 +260,3 @@ def _scrub_event(event: SseEvent, secrets: tuple[bytes, ...]) -> SseEvent:
     for secret in secrets:
         data = data.replace(secret.decode("utf-8", "replace"), REDACTED.decode())
     return SseEvent(raw=_scrub(event.raw, secrets), data=data, event=event.event, id=event.id)
-
-
-def _translate(exc: BaseException, *, window_expired: bool, connect_bound: bool, first_bound: bool,
-               first_byte_s: float) -> BaseException:
-    if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
-        return exc
-    if isinstance(exc, aiohttp.ConnectionTimeoutError | http1.ConnectTimeout) and not window_expired:
-        return ConnectFailed("connect timeout", deadline_bound=connect_bound)
-    if isinstance(exc, TimeoutError):
-        return FirstByteTimeout(f"no response headers within {first_byte_s:.3g}s", deadline_bound=first_bound)
-    if isinstance(exc, aiohttp.ClientConnectorError | http1.CannotConnect):
-        return ConnectFailed(f"cannot connect ({type(exc).__name__})")
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | OSError):
-        return ConnectionLost(f"connection lost before headers ({type(exc).__name__})")
-    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError | http1.MalformedResponse):
-        return ConnectionLost(f"malformed response ({type(exc).__name__})")
-    if isinstance(exc, aiohttp.ClientError):
-        return ConnectFailed(f"client error ({type(exc).__name__})")
-    return exc

@@ -1,4 +1,4 @@
-"""HttpTransport with the default `http_client: fast` (router/upstream/http1.py), against real loopback servers.
+"""HttpTransport with the default `http_client: fast` (router/upstream/http1/), against real loopback servers.
 
 Most servers here are a `ScriptedServer`: it reads each request (head and Content-Length body) and
 answers with exactly the bytes a test scripts, written piece by piece so that framing edge cases
@@ -26,7 +26,7 @@ from aiohttp import web
 from router._version import __version__
 from router.engine.classify import Reason, classify_exception
 from router.policy.model import Provider, Timeouts
-from router.upstream import clients, http1
+from router.upstream import fast_client, http1
 from router.upstream.errors import (
     BodyCut,
     ConnectFailed,
@@ -35,6 +35,7 @@ from router.upstream.errors import (
     IdleTimeout,
     TransportError,
 )
+from router.upstream.http1 import connection as http1_connection
 from router.upstream.transport import Outgoing, _HttpReply
 from tests.support.wire_server import (
     COMPLETION,
@@ -74,10 +75,14 @@ def outgoing(prov: Provider, body: bytes = BODY, *, stream: bool = False, reques
                     deadline=time.monotonic() + deadline_in)
 
 
+def response_of(reply: _HttpReply) -> http1.Response:
+    response = reply._response
+    assert isinstance(response, http1.Response)
+    return response
+
+
 def connection_of(reply: _HttpReply) -> http1.Connection:
-    connection = reply._response
-    assert isinstance(connection, http1.Connection)
-    return connection
+    return response_of(reply)._connection
 
 
 async def eventually(condition: Callable[[], bool], within: float = 1.0) -> None:
@@ -174,7 +179,7 @@ async def test_stream_requests_accept_event_streams(serve: ServerFactory, make_t
     assert server.requests[0].header("Accept") == "text/event-stream"
 
 
-@pytest.mark.parametrize("size", [0, 1000, http1._JOIN_LIMIT, http1._JOIN_LIMIT + 1, 1 << 20])
+@pytest.mark.parametrize("size", [0, 1000, http1_connection.JOIN_LIMIT, http1_connection.JOIN_LIMIT + 1, 1 << 20])
 async def test_body_bytes_arrive_unchanged_whatever_their_size(size: int, serve: ServerFactory,
                                                                make_transport: TransportFactory) -> None:
     server = await serve(answer(response()))
@@ -417,14 +422,16 @@ async def test_sequential_requests_reuse_one_connection(serve: ServerFactory,
     assert [r.header("X-Request-ID") for r in server.peers[0].requests] == ["r0", "r1", "r2"]
 
 
-async def test_bytes_after_a_complete_answer_fail_the_exchange_and_retire_the_connection(
+async def test_bytes_after_a_complete_answer_retire_the_connection_and_leave_the_answer_intact(
         serve: ServerFactory, make_transport: TransportFactory) -> None:
     # Two answers to one request: the second could otherwise be taken for the next request's answer.
     server = await serve(answer(response() + response(b'{"stale": true}')))
     prov = provider(server.base_url)
     transport = make_transport(prov)
-    with pytest.raises(TransportError):
-        await (await transport.send(outgoing(prov))).read()
+    reply = await transport.send(outgoing(prov))
+    connection = connection_of(reply)
+    assert await reply.read() == COMPLETION  # as aiohttp's client: the answer to this request is whole
+    assert connection.closed
     server.handler = answer(response())
     assert await (await transport.send(outgoing(prov))).read() == COMPLETION
     assert len(server.peers) == 2
@@ -570,7 +577,7 @@ async def test_a_stream_closed_after_its_done_is_reused_once_the_terminator_foll
     assert await _read_to_done_and_close(reply) == ["a", "[DONE]"]
     assert not connection.closed  # draining the rest, not closed
     terminate.set()
-    await eventually(lambda: connection.at_eof())
+    await eventually(lambda: connection.state is http1.State.IDLE)  # the terminator came: back in the pool
     second = await transport.send(outgoing(prov))
     assert connection_of(second) is connection
     assert await second.read() == COMPLETION
@@ -579,7 +586,7 @@ async def test_a_stream_closed_after_its_done_is_reused_once_the_terminator_foll
 
 async def test_a_stream_whose_terminator_does_not_follow_its_done_is_closed_after_the_drain_time(
         serve: ServerFactory, make_transport: TransportFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(http1, "DRAIN_S", 0.1)
+    monkeypatch.setattr(http1_connection, "DRAIN_S", 0.1)
     server = await serve(answer(chunked_head(), chunk(b"data: a\n\n"), chunk(b"data: [DONE]\n\n")))
     prov = provider(server.base_url)
     transport = make_transport(prov)
@@ -595,13 +602,13 @@ async def test_a_stream_whose_terminator_does_not_follow_its_done_is_closed_afte
 
 async def test_a_stream_that_goes_on_after_its_done_is_closed_once_past_the_drain_limit(
         serve: ServerFactory, make_transport: TransportFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(http1, "DRAIN_S", 60.0)  # so the close below comes from the byte limit, not the timer
+    monkeypatch.setattr(http1_connection, "DRAIN_S", 60.0)  # the close below comes from the byte limit, not the timer
     more = asyncio.Event()
 
     async def handle(request: Request, peer: Peer) -> None:
         await dribble(peer.writer, chunked_head(), chunk(b"data: [DONE]\n\n"))
         await more.wait()
-        await dribble(peer.writer, chunk(b"x" * (http1._DRAIN_LIMIT + 1)))
+        await dribble(peer.writer, chunk(b"x" * (http1_connection.DRAIN_LIMIT + 1)))
         await peer.read_to_eof()
 
     server = await serve(handle)
@@ -618,7 +625,7 @@ async def test_a_stream_that_goes_on_after_its_done_is_closed_once_past_the_drai
 
 async def test_idle_connections_are_closed_after_the_keepalive_expiry(
         serve: ServerFactory, make_transport: TransportFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(clients, "KEEPALIVE_S", 0.2)  # read when the transport is built
+    monkeypatch.setattr(fast_client, "KEEPALIVE_S", 0.2)  # read when the transport is built
     server = await serve(answer(response()))
     prov = provider(server.base_url)
     transport = make_transport(prov)
@@ -889,7 +896,7 @@ async def test_a_slow_reader_holds_back_a_large_stream_and_gets_it_intact(serve:
     server = await serve(handle)
     prov = provider(server.base_url)
     reply = await make_transport(prov).send(outgoing(prov, stream=True))
-    connection = connection_of(reply)
+    connection, response = connection_of(reply), response_of(reply)
     socket_transport = connection.transport
     assert socket_transport is not None
     seen: list[str] = []
@@ -897,12 +904,12 @@ async def test_a_slow_reader_holds_back_a_large_stream_and_gets_it_intact(serve:
     async for event in reply.events():
         seen.append(event.data)
         if len(seen) % 300 == 1:  # now and then, stop reading until the client stops reading too
-            await eventually(lambda: not socket_transport.is_reading() or connection._complete)
+            await eventually(lambda: not socket_transport.is_reading() or response.at_eof())
             paused += not socket_transport.is_reading()
-            most_buffered = max(most_buffered, connection._buffered)
+            most_buffered = max(most_buffered, response.buffered)
     assert seen == datas
     assert paused >= 3
-    assert http1._HIGH_WATER < most_buffered <= http1._HIGH_WATER + READ_SIZE
+    assert http1_connection.HIGH_WATER < most_buffered <= http1_connection.HIGH_WATER + READ_SIZE
     assert len(server.peers) == 1
 
 

@@ -1,5 +1,5 @@
 """HttpTransport with `http_client: aiohttp`, against aioresponses: what goes on the wire, and how failures
-are translated. The default client (router/upstream/http1.py) is tested on real sockets in test_fast_client.py."""
+are translated. The default client (router/upstream/http1/) is tested on real sockets in test_fast_client.py."""
 
 from __future__ import annotations
 

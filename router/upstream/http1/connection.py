@@ -1,0 +1,291 @@
+"""One keep-alive HTTP/1.1 connection to a provider, parsed by llhttp (httptools).
+
+It carries one exchange at a time, through these states:
+
+    IDLE --send--> AWAITING_HEAD --head--> READING --end--> COMPLETE --release--> IDLE (pooled)
+                                              |                 ^
+                                              +--finish-->  DRAINING (the rest is read and dropped)
+
+and CLOSED from anywhere. The answer's body is a separate `Response`, so a connection
+that fails after an answer arrived whole leaves that answer intact.
+
+A connection goes back to the pool only when its answer ended cleanly, the provider
+allows keep-alive, and nothing arrived after the answer: a byte beyond it (the start of
+a second answer, say) would otherwise be read as the answer to the next request, from any
+client. It is put back only after the whole read that ended the answer was parsed.
+
+Errors are the transport's own: `ConnectionLost` before the head (closed, reset, not
+HTTP), `BodyCut` in the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import zlib
+from typing import TYPE_CHECKING
+
+import httptools
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from router.upstream.errors import BodyCut, ConnectionLost
+from router.upstream.http1.response import Response
+
+if TYPE_CHECKING:
+    from router.upstream.http1.pool import Pool
+
+# Read-side back-pressure: stop reading from the provider while this much is buffered and unread.
+HIGH_WATER = 256 * 1024
+# Bodies up to this size are sent in the same write as the head (one send, one packet when it fits).
+JOIN_LIMIT = 64 * 1024
+# finish(): how long, and how many bytes, the rest of an answer the caller no longer needs may take
+# before the connection is closed rather than reused. After a stream's `[DONE]` the rest is the
+# chunked terminator, a few bytes that arrive a moment later.
+DRAIN_S = 2.0
+DRAIN_LIMIT = 64 * 1024
+
+
+class State(enum.Enum):
+    IDLE = "idle"  # no exchange: just connected, or back in the pool
+    AWAITING_HEAD = "awaiting_head"  # the request is written; the answer's head has not arrived
+    READING = "reading"  # the head arrived; the body goes to the Response as it comes
+    DRAINING = "draining"  # the reader stopped early; the rest of the body is read and dropped
+    COMPLETE = "complete"  # the answer ended; it waits for its reader to release the connection
+    CLOSED = "closed"
+
+
+class _Unexpected(Exception):
+    """Raised inside the parser's callbacks: the bytes are not a valid answer to our request."""
+
+
+class Connection(asyncio.Protocol):
+    __slots__ = ("_decoder", "_drain_timer", "_drained", "_head", "_headers", "_keep_alive", "_paused", "_pool",
+                 "_put_back_after_read", "_reusable", "_until_eof", "idle_since", "parser", "response", "state",
+                 "transport")
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.state = State.IDLE
+        self.response: Response | None = None
+        self.idle_since = 0.0
+        self._head: asyncio.Future[Response] | None = None
+        self._headers: list[tuple[str, str]] = []
+        self._decoder: zlib._Decompress | None = None
+        self._keep_alive = False
+        self._until_eof = False
+        self._paused = False
+        self._reusable = True  # False once anything unexpected was seen: never pooled again
+        self._put_back_after_read = False
+        self._drained = 0
+        self._drain_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    # -- one exchange ----------------------------------------------------------------------------
+    def send(self, head: bytes, body: bytes, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Response]:
+        """Write the request; the returned future resolves to the Response once its head arrived."""
+        assert self.state is State.IDLE, self.state
+        transport = self.transport
+        assert transport is not None
+        self.state = State.AWAITING_HEAD
+        self.response = None
+        self._headers = []
+        self._decoder = None
+        self._head = future = loop.create_future()
+        if len(body) <= JOIN_LIMIT:
+            transport.write(head + body)
+        else:
+            transport.write(head)
+            transport.write(body)
+        return future
+
+    def release(self, response: Response) -> None:
+        """The reader is done with `response`: back to the pool if it ended cleanly, else close."""
+        if response is not self.response:
+            return  # an earlier exchange's answer: the connection has moved on
+        self.response = None
+        if self.state is State.COMPLETE and self._keep_alive and self._reusable:
+            self.state = State.IDLE
+            self._pool.put_back(self)
+        else:
+            self.close()
+
+    def finish(self, response: Response) -> None:
+        """The reader stopped before the body ended: drop the rest as it comes (at most DRAIN_S and
+        DRAIN_LIMIT bytes) and pool the connection when the answer ends; otherwise close.
+        Reusing it spares the next request a new connection (on TLS, a handshake)."""
+        if response is not self.response:
+            return
+        if self.state is not State.READING or not self._keep_alive or self._until_eof or not self._reusable:
+            self.release(response)
+            return
+        self.state = State.DRAINING
+        self._drained = 0
+        self.resume_reading()
+        self._drain_timer = asyncio.get_running_loop().call_later(DRAIN_S, self.close)
+
+    def discard(self, response: Response) -> None:
+        """The reader gives up on `response`: the connection cannot be reused for anything else."""
+        if response is self.response:
+            self.close()
+
+    def close(self) -> None:
+        self._cancel_drain_timer()
+        if self.state is State.CLOSED:
+            return
+        self.state = State.CLOSED
+        self._reusable = False
+        if self.transport is not None:
+            self.transport.close()
+
+    def resume_reading(self) -> None:
+        if self._paused and self.transport is not None and self.state is not State.CLOSED:
+            self._paused = False
+            self.transport.resume_reading()
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        state = self.state
+        if state is State.IDLE or state is State.COMPLETE:
+            # Bytes nobody asked for (an idle connection, or more after a complete answer): the
+            # connection's framing can no longer be trusted, so it is not used again.
+            self._fail(ConnectionLost("unsolicited data from the provider"))
+            return
+        if state is State.CLOSED:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(ConnectionLost("malformed response (unexpected protocol upgrade)"))
+            return
+        except httptools.HttpParserError as exc:
+            context = exc.__context__
+            detail = str(context) if isinstance(context, _Unexpected) else f"invalid HTTP response ({exc})"
+            self._fail(ConnectionLost(f"malformed response ({detail})"))
+            return
+        if self._put_back_after_read:  # the drained answer ended in this read, and nothing followed it
+            self._put_back_after_read = False
+            self._finish_drain()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        closed_here = self.state is State.CLOSED  # by close(): the pool, the reader or a failure
+        self._pool.forget(self)
+        if self._until_eof and not closed_here and exc is None and self.state is State.READING:
+            self._keep_alive = False
+            self.on_message_complete()  # a body without length or chunking ends at the provider's EOF
+        elif closed_here:
+            self._fail(ConnectionLost("connection closed by the router"), body_detail="closed by the router")
+        else:
+            detail = f"{type(exc).__name__}" if exc is not None else "closed by the provider"
+            self._fail(ConnectionLost(f"connection lost before the head ({detail})"), body_detail=detail)
+        self._cancel_drain_timer()
+        self.state = State.CLOSED
+
+    def pause_writing(self) -> None:
+        pass  # requests are small; the transport buffers the rest of a large one
+
+    def resume_writing(self) -> None:
+        pass
+
+    def _fail(self, head_error: ConnectionLost, *, body_detail: str | None = None) -> None:
+        """The connection is done for; whoever waits on it learns why. An answer that already ended
+        stays as it is."""
+        head = self._head
+        if head is not None and not head.done():
+            head.set_exception(head_error)
+        if self.response is not None:
+            self.response.fail(BodyCut(f"connection lost mid-body ({body_detail or head_error})"))
+        self.close()
+
+    # -- httptools callbacks ---------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.state is not State.AWAITING_HEAD:
+            # A second answer to one request: whatever it is, it is not the next request's answer.
+            self._reusable = False
+            raise _Unexpected("bytes after the complete answer")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # an interim answer (100 Continue, 103 Early Hints): wait for the real one
+            self._headers = []
+            return
+        headers = CIMultiDict(self._headers)
+        self._keep_alive = self.parser.should_keep_alive()
+        self._until_eof = "Content-Length" not in headers and "Transfer-Encoding" not in headers
+        encoding = headers.get("Content-Encoding", "").strip().lower()
+        if encoding in ("gzip", "x-gzip"):
+            self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self._decoder = zlib.decompressobj()
+        elif encoding not in ("", "identity"):
+            raise _Unexpected(f"unsupported Content-Encoding {encoding!r}")
+        response = self.response = Response(self, status, CIMultiDictProxy(headers))
+        self.state = State.READING
+        head = self._head
+        if head is not None and not head.done():
+            head.set_result(response)
+
+    def on_body(self, body: bytes) -> None:
+        if self.state is State.DRAINING:
+            self._drained += len(body)
+            if self._drained > DRAIN_LIMIT:
+                self.close()
+            return
+        response = self.response
+        if response is None or self.state is not State.READING:
+            return
+        if self._decoder is not None:
+            try:
+                body = self._decoder.decompress(body)
+            except zlib.error as exc:
+                response.fail(BodyCut(f"body does not decode ({exc})"))
+                raise _Unexpected("body does not decode") from None
+            if not body:
+                return
+        if response.feed(body) > HIGH_WATER and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        state = self.state
+        if state is State.AWAITING_HEAD:  # the end of an interim answer
+            return
+        if state is State.DRAINING:
+            self.state = State.COMPLETE
+            self._put_back_after_read = True  # once the rest of this read is parsed (data_received)
+            return
+        if state is not State.READING:
+            return
+        response = self.response
+        assert response is not None
+        if self._decoder is not None:
+            try:
+                tail = self._decoder.flush()
+            except zlib.error as exc:
+                response.fail(BodyCut(f"body does not decode ({exc})"))
+                raise _Unexpected("body does not decode") from None
+            if tail:
+                response.feed(tail)
+        self.state = State.COMPLETE
+        response.end()
+
+    def _finish_drain(self) -> None:
+        self._cancel_drain_timer()
+        response = self.response
+        if response is not None:
+            self.release(response)
+
+    def _cancel_drain_timer(self) -> None:
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
