@@ -29,7 +29,7 @@ from typing import Any
 if __package__ in (None, ""):  # `python bench/soak.py` as well as `python -m bench.soak`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.scenarios import (
+from tests.support.scenarios import (
     MAX_ATTEMPTS,
     AllDownReport,
     LeakReport,

@@ -1,8 +1,5 @@
-"""Helpers for the end-to-end scenarios: policies for fake providers, request bodies, streams.
-
-Policies are written as YAML and parsed with the real loader, so every scenario also
-goes through the same validation a policy file does. Timeouts and backoffs are small
-so the whole suite stays fast; a scenario overrides only what it is about.
+"""Helpers for the end-to-end scenarios: request bodies, streams, waiting (policies:
+tests/support/policies.py, `tiered_policy`).
 
 Attempts and their timing are always read from the fake providers (`FakeProvider.hits`),
 never from the router's own counters.
@@ -14,58 +11,13 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import yaml
-
-from router import ChatStream, Policy, SseEvent, StreamInterrupted
+from router import ChatStream, SseEvent, StreamInterrupted
 from router.mock import FakeProvider
-from router.policy import parse_policy
 
 ROUTE = "chat"
-FAST_TIMEOUTS: dict[str, float] = {"connect_s": 1.0, "first_byte_s": 0.5, "idle_s": 0.5}
-FAST_RETRY: dict[str, float] = {"base_interval_s": 0.01, "max_interval_s": 0.05}
-# Never opens during a scenario unless the scenario is about the breaker.
-LENIENT_BREAKER: dict[str, float] = {"consecutive_failures": 100, "base_ejection_s": 1.0, "max_ejection_s": 1.0}
-AIMO_MODEL = "8W7X1tGnWh9CXwnPD7wgke31Gdcqmex4LapJvQ2afBUq:deepseek-chat-v3"
-
-
-def provider_entry(fake: FakeProvider, **overrides: Any) -> dict[str, Any]:
-    """A provider block pointing at `fake`, with fast timeouts; nested blocks are merged."""
-    entry: dict[str, Any] = {"base_url": fake.base_url, "timeouts": dict(FAST_TIMEOUTS),
-                             "breaker": dict(LENIENT_BREAKER)}
-    for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(entry.get(key), dict):
-            entry[key] = {**entry[key], **value}
-        else:
-            entry[key] = value
-    return entry
-
-
-def make_policy(providers: Mapping[str, Mapping[str, Any]], routes: Mapping[str, Mapping[str, Any]], *,
-                env: Mapping[str, str] | None = None, **top: Any) -> Policy:
-    """Dump a policy mapping to YAML and load it with the real loader."""
-    data: dict[str, Any] = {"version": 1, "providers": dict(providers), "routes": dict(routes), **top}
-    text = yaml.safe_dump(data, sort_keys=False)
-    return parse_policy(text, source="<e2e>", env=dict(env or {}))
-
-
-def tiered_policy(*fakes: FakeProvider, retry: Mapping[str, Any] | None = None,
-                  providers: Mapping[str, Mapping[str, Any]] | None = None,
-                  models: Mapping[str, str] | None = None, route: Mapping[str, Any] | None = None,
-                  env: Mapping[str, str] | None = None, **top: Any) -> Policy:
-    """Route `chat` over `fakes` in failover order (priority 0, 1, ...), one target each.
-
-    `providers` holds per-provider overrides by fake name, `models` the upstream model per
-    provider (default `<name>-model`), `retry` and `route` override the route's settings.
-    """
-    entries = {fake.name: provider_entry(fake, **(providers or {}).get(fake.name, {})) for fake in fakes}
-    targets = [{"provider": fake.name, "model": (models or {}).get(fake.name, f"{fake.name}-model"),
-                "priority": index} for index, fake in enumerate(fakes)]
-    route_block: dict[str, Any] = {"targets": targets, "retry": {**FAST_RETRY, **(retry or {})},
-                                   "deadline_s": 10, **(route or {})}
-    return make_policy(entries, {ROUTE: route_block}, env=env, **top)
 
 
 def body(content: str = "Hello", *, model: str = ROUTE, **fields: Any) -> dict[str, Any]:

@@ -9,7 +9,8 @@ import pytest
 from router import Router, RouterError
 from router.mock import Hang, Status, Stream
 from tests.conftest import FakeProviderFactory
-from tests.e2e.helpers import MaxJitter, body, quiet_for, stream_body, tiered_policy
+from tests.e2e.helpers import MaxJitter, body, quiet_for, stream_body
+from tests.support.policies import tiered_policy
 
 
 @pytest.mark.slow

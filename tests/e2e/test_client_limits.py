@@ -11,7 +11,8 @@ import pytest
 from router import RateLimited, Router, UpstreamError
 from router.mock import Status
 from tests.conftest import FakeProviderFactory
-from tests.e2e.helpers import body, collect, now, stream_body, tiered_policy
+from tests.e2e.helpers import body, collect, now, stream_body
+from tests.support.policies import tiered_policy
 
 ENV = {"WEB_KEY": "web-key-1"}
 

@@ -12,7 +12,8 @@ import pytest
 from router import NoTargetAvailable, Router, UpstreamError
 from router.mock import Hang, Reset, Status
 from tests.conftest import FakeProviderFactory
-from tests.e2e.helpers import MaxJitter, body, hits_on, now, tiered_policy
+from tests.e2e.helpers import MaxJitter, body, hits_on, now
+from tests.support.policies import tiered_policy
 
 
 async def test_500_once_is_retried_on_the_same_target_after_a_backoff(fake_provider: FakeProviderFactory) -> None:

@@ -7,7 +7,8 @@ import json
 from router import Router
 from router.mock import Ok, Status, Stream
 from tests.conftest import FakeProviderFactory
-from tests.e2e.helpers import AIMO_MODEL, body, make_policy, provider_entry, stream_body, tiered_policy
+from tests.e2e.helpers import body, stream_body
+from tests.support.policies import AIMO_MODEL, make_policy, provider_entry, tiered_policy
 
 RAW_BODY = (
     b'{"temperature": 0.70, "model": "chat", "messages": [{"role": "user", "content": "caf\\u00e9 \xe2\x98\x95"}],'

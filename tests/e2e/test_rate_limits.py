@@ -18,7 +18,8 @@ import pytest
 from router import RateLimited, Router
 from router.mock import Status
 from tests.conftest import FakeProviderFactory
-from tests.e2e.helpers import body, now, tiered_policy
+from tests.e2e.helpers import body, now
+from tests.support.policies import tiered_policy
 
 
 @pytest.mark.slow

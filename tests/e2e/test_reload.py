@@ -10,7 +10,8 @@ from router import PolicyError, Router
 from router.mock import Status
 from router.policy import parse_policy
 from tests.conftest import FakeProviderFactory
-from tests.e2e.helpers import MaxJitter, body, tiered_policy
+from tests.e2e.helpers import MaxJitter, body
+from tests.support.policies import tiered_policy
 
 
 async def test_in_flight_request_keeps_its_policy_snapshot_across_reload(

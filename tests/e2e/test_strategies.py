@@ -11,7 +11,8 @@ import pytest
 from router import Router, UpstreamError
 from router.mock import Ok, Status
 from tests.conftest import FakeProviderFactory
-from tests.e2e.helpers import FAST_RETRY, body, make_policy, provider_entry, stream_body, wait_for
+from tests.e2e.helpers import body, stream_body, wait_for
+from tests.support.policies import FAST_RETRY, make_policy, provider_entry
 
 
 async def test_least_busy_prefers_the_target_with_fewer_requests_in_flight(

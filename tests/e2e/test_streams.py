@@ -8,7 +8,8 @@ from router import Router, StreamInterrupted, UpstreamError
 from router.mock import Continue, Ok, RejectPrefill, Status, Stream
 from router.mock.responses import split_evenly
 from tests.conftest import FakeProviderFactory
-from tests.e2e.helpers import collect, is_error_event, now, payload, stream_body, text_of, tiered_policy
+from tests.e2e.helpers import collect, is_error_event, now, payload, stream_body, text_of
+from tests.support.policies import tiered_policy
 
 ANSWER = "The quick brown fox jumps over the lazy dog, then naps in the afternoon sun."
 

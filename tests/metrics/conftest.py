@@ -1,5 +1,5 @@
 """The daemon as `router serve` builds it (a PrometheusObserver shared by the Router and the app),
-in-process on 127.0.0.1, port 0."""
+in the test's event loop (tests/support/daemon.py)."""
 
 from __future__ import annotations
 
@@ -8,28 +8,24 @@ from dataclasses import dataclass
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from router.observe.prometheus import PrometheusObserver
 from router.policy.model import Policy
-from router.router import Router
-from router.server import create_app
-from router.server.front import FrontSite
 from tests.metrics.helpers import Scrape
+from tests.support.daemon import InProcessDaemon, start_in_process
 
 
 @dataclass(slots=True)
 class MetricsDaemon:
-    runner: web.AppRunner
-    base_url: str
+    daemon: InProcessDaemon
     observer: PrometheusObserver
 
     @property
     def chat_url(self) -> str:
-        return f"{self.base_url}/v1/chat/completions"
+        return self.daemon.chat_url
 
     async def scrape(self, http: aiohttp.ClientSession) -> Scrape:
-        async with http.get(f"{self.base_url}/metrics") as response:
+        async with http.get(self.daemon.url("/metrics")) as response:
             assert response.status == 200
             assert response.headers["Content-Type"].startswith("text/plain")
             return Scrape.parse(await response.text())
@@ -37,28 +33,19 @@ class MetricsDaemon:
 
 @pytest.fixture
 async def metrics_daemon() -> AsyncIterator[Callable[[Policy], Awaitable[MetricsDaemon]]]:
-    started: list[MetricsDaemon] = []
+    started: list[InProcessDaemon] = []
 
     async def start(policy: Policy) -> MetricsDaemon:
         observer = PrometheusObserver()
-        app = create_app(Router(policy, observer=observer), observer=observer)
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        try:
-            await FrontSite(runner, "127.0.0.1", 0).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        host, port = runner.addresses[0][:2]
-        handle = MetricsDaemon(runner, f"http://{host}:{port}", observer)
-        started.append(handle)
-        return handle
+        daemon = await start_in_process(policy, observer=observer)
+        started.append(daemon)
+        return MetricsDaemon(daemon, observer)
 
     try:
         yield start
     finally:
-        for handle in reversed(started):
-            await handle.runner.cleanup()
+        for daemon in reversed(started):
+            await daemon.stop()
 
 
 @pytest.fixture

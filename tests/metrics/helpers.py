@@ -6,15 +6,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.observe.observer import NullObserver
-from router.policy import parse_policy
 from router.policy.model import Policy
 from router.upstream.transport import Outgoing
 from tests.support.memory import MemoryReply, completion_reply, error_reply
+from tests.support.policies import make_policy
 
 # -- a parsed /metrics page ----------------------------------------------------------------------
 
@@ -110,8 +109,7 @@ def policy(providers: Iterable[str] | Mapping[str, Mapping[str, Any]], routes: M
     """A policy from plain mappings; providers point at unused .test URLs unless given."""
     blocks = {name: {"base_url": f"http://{name}.test/v1"} for name in providers} \
         if not isinstance(providers, Mapping) else {name: dict(block) for name, block in providers.items()}
-    data = {"version": 1, "providers": blocks, "routes": dict(routes), **top}
-    return parse_policy(yaml.safe_dump(data, sort_keys=False), source="<metrics-test>", env=dict(env or {}))
+    return make_policy(blocks, routes, env=env, **top)
 
 
 def route(*targets: str, **fields: Any) -> dict[str, Any]:

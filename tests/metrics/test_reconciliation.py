@@ -22,7 +22,8 @@ from router.mock import Hit, Ok, Status, Stream
 from router.observe.observer import UNKNOWN_ROUTE
 from tests.metrics.conftest import MetricsDaemon
 from tests.metrics.helpers import Scrape
-from tests.server.helpers import CLIENT_ENV, CLIENT_KEY, bearer, make_policy, provider_block, route_block, sse_data
+from tests.server.helpers import bearer, sse_data
+from tests.support.policies import CLIENT_ENV, CLIENT_KEY, make_policy, provider_block, route_block
 
 TINY_ENV, TINY_KEY = "TEST_CLIENT_TINY_KEY", "client-key-tiny-456"
 NO_WAIT = {"max_attempts": 3, "max_attempts_per_target": 2, "wait_for_preferred_s": 0}

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.loadgen import COMPLETE, LoadConfig, run_load
-from bench.scenarios import disconnect_effects, settled_access_log
-from bench.soak_env import DaemonProcess, SoakProviders, soak_policy
+from tests.support.daemon import DaemonProcess
+from tests.support.load import COMPLETE, LoadConfig, run_load
+from tests.support.scenarios import disconnect_effects, settled_access_log
+from tests.support.soak_env import SoakProviders, soak_policy
 
 DEADLINE_S = 1.0
 FIRST_BYTE_S = 0.3

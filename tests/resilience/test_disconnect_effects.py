@@ -7,9 +7,9 @@ import time
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from bench.loadgen import Result
-from bench.scenarios import disconnect_effects, logged_ends
 from router.mock import Hit
+from tests.support.load import Result
+from tests.support.scenarios import disconnect_effects, logged_ends
 
 
 def _hit(started: float, ended: float) -> Hit:

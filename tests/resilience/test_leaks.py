@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.scenarios import run_leak
+from tests.support.scenarios import run_leak
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """Lifecycle under load: SIGTERM drains, and a hundred SIGHUP reloads, valid and invalid, fail nothing.
 
-The daemon is the real `router serve` in a subprocess (bench/soak_env.DaemonProcess).
+The daemon is the real `router serve` in a subprocess (tests/support/daemon.DaemonProcess).
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ import aiohttp
 import pytest
 import yaml
 
-from bench.loadgen import ANOMALY, COMPLETE, ERROR, LoadConfig, Result, run_load
-from bench.scenarios import daemon_errors
-from bench.soak_env import DaemonProcess, SoakProviders, soak_policy
 from router.errors import PolicyError
 from router.policy import parse_policy
+from tests.support.daemon import DaemonProcess
+from tests.support.load import ANOMALY, COMPLETE, ERROR, LoadConfig, Result, run_load
+from tests.support.scenarios import daemon_errors
+from tests.support.soak_env import SoakProviders, soak_policy
 
 DRAIN_S = 5.0
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.scenarios import OUTAGE_BUDGET, run_all_down, run_one_down
+from tests.support.scenarios import OUTAGE_BUDGET, run_all_down, run_one_down
 
 RATE = 200.0
 

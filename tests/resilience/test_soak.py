@@ -1,6 +1,6 @@
 """Soak under mixed faults: every request ends in exactly one outcome, and the daemon's books agree.
 
-Three fake providers inject every fault kind they support at 1-5% each (bench/soak_env.FAULT_MIX)
+Three fake providers inject every fault kind they support at 1-5% each (tests/support/soak_env.FAULT_MIX)
 and restart now and then (refusing connections meanwhile); 2% of the clients walk away at a
 random moment; half the requests stream. Answers are identifiable per request, so a duplicated,
 interleaved or truncated answer cannot pass as a success.
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.scenarios import MAX_ATTEMPTS, run_soak
-from bench.soak_env import FAULT_MIX
+from tests.support.scenarios import MAX_ATTEMPTS, run_soak
+from tests.support.soak_env import FAULT_MIX
 
 REQUESTS = 20_000
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server.helpers import free_port
+from tests.support.policies import free_port
 
 APT_TIMEOUT_S = 600
 

@@ -9,84 +9,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.mock import FakeProvider
 from tests.scaleout.conftest import RedisServer
-from tests.server.conftest import REPO_ROOT, read_text, wait_until_ready
-from tests.server.helpers import (
-    CLIENT_ENV,
-    assert_no_leak,
-    bearer,
-    env_with_keys,
-    free_port,
-    policy_text,
-    provider_block,
-    route_block,
-)
+from tests.server.helpers import assert_no_leak, bearer
+from tests.support.daemon import DaemonProcess
+from tests.support.policies import CLIENT_ENV, env_with_keys, free_port, policy_text, provider_block, route_block
 
 CHARS_PER_TOKEN = 4  # router.request: token_estimate = len(body) // 4 + max_tokens
 
 
 # -- processes ----------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class RouterProcess:
-    proc: asyncio.subprocess.Process
-    port: int
-    stdout_path: Path
-    stderr_path: Path
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def chat_url(self) -> str:
-        return f"{self.base_url}/v1/chat/completions"
-
-    def url(self, path: str) -> str:
-        return f"{self.base_url}{path}"
-
-    def stderr(self) -> str:
-        return read_text(self.stderr_path)
-
-
-def child_pids(pid: int) -> list[int]:
-    """Live (non-zombie) processes whose parent is `pid`, from /proc."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            children.append(int(entry.name))
-    return sorted(children)
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie waiting to be reaped is not running)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
 
 def distinct_free_ports(count: int) -> list[int]:
     ports: list[int] = []
@@ -97,53 +38,23 @@ def distinct_free_ports(count: int) -> list[int]:
     return ports
 
 
-async def stop_process(proc: asyncio.subprocess.Process, grace_s: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL after `grace_s`; the children it leaves behind (workers) are killed too."""
-    if proc.returncode is None:
-        children = child_pids(proc.pid)
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), grace_s)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-        for pid in children:  # only children of a process this test started
-            if alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-    await proc.wait()
-
-
 @contextlib.asynccontextmanager
-async def run_routers(directory: Path, policy: str, count: int, *args: str) -> AsyncIterator[list[RouterProcess]]:
+async def run_routers(directory: Path, policy: str, count: int, *args: str) -> AsyncIterator[list[DaemonProcess]]:
     """`count` daemons (`python -m router.cli serve -c policy --port P *args`), started at once, until ready.
 
     At exit each gets SIGTERM (then SIGKILL) and its output must hold no traceback and no key."""
-    policy_path = directory / "policy.yaml"
-    policy_path.write_text(policy, encoding="utf-8")
-    files: list[IO[bytes]] = []
-    routers: list[RouterProcess] = []
+    routers = [DaemonProcess(policy, directory, env=env_with_keys(), args=("--log-level", "warning", *args),
+                             port=port, name=f"router{index}")
+               for index, port in enumerate(distinct_free_ports(count))]
     try:
-        for index, port in enumerate(distinct_free_ports(count)):
-            stdout_path, stderr_path = directory / f"router{index}.out", directory / f"router{index}.err"
-            out, err = stdout_path.open("wb"), stderr_path.open("wb")
-            files += [out, err]
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "router.cli", "serve", "-c", str(policy_path), "--port", str(port),
-                "--log-level", "warning", *args, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err,
-                cwd=REPO_ROOT, env={**os.environ, **env_with_keys()})
-            routers.append(RouterProcess(proc, port, stdout_path, stderr_path))
-        await asyncio.gather(*(wait_until_ready(r.url("/readyz"), r.proc, r.stderr_path, within_s=20)
-                               for r in routers))
+        for router in routers:
+            await router.spawn()
+        await asyncio.gather(*(router.wait_ready(within_s=20) for router in routers))
         yield routers
     finally:
-        await asyncio.gather(*(stop_process(r.proc) for r in routers))
-        for file in files:
-            file.close()
-    for r in routers:
-        assert_no_leak(r.stderr(), read_text(r.stdout_path))
+        await asyncio.gather(*(router.stop() for router in routers))
+    for router in routers:
+        assert_no_leak(router.stderr(), router.stdout())
 
 
 def fleet_policy(fake: FakeProvider, *, limits: Mapping[str, Any], state: Mapping[str, Any]) -> str:
@@ -230,7 +141,7 @@ async def metric_families(session: aiohttp.ClientSession, url: str) -> dict[str,
     return families
 
 
-async def backend_errors(session: aiohttp.ClientSession, routers: Sequence[RouterProcess]) -> float:
+async def backend_errors(session: aiohttp.ClientSession, routers: Sequence[DaemonProcess]) -> float:
     total = 0.0
     for r in routers:
         samples = (await metric_families(session, r.url("/metrics"))).get("llm_router_state_backend_errors_total", [])

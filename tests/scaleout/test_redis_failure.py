@@ -17,9 +17,9 @@ from router.errors import NoTargetAvailable, RateLimited
 from router.health.redis_backend import RETRY_AFTER_ERROR_S, SYNC_INTERVAL_S
 from router.observe.observer import NullObserver
 from tests.conftest import FakeProviderFactory
-from tests.e2e.helpers import body, tiered_policy
+from tests.e2e.helpers import body
 from tests.scaleout.conftest import RedisServer
-from tests.server.helpers import free_port
+from tests.support.policies import free_port, tiered_policy
 
 TIMEOUT_MS = 50
 # What a decision may take beyond the Redis timeout on this shared 2-core machine (scheduling).

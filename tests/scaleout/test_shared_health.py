@@ -14,8 +14,9 @@ from typing import Any
 from router import Router
 from router.mock import Status
 from tests.conftest import FakeProviderFactory
-from tests.e2e.helpers import body, tiered_policy
+from tests.e2e.helpers import body
 from tests.scaleout.conftest import RedisServer
+from tests.support.policies import tiered_policy
 
 PROPAGATION_S = 1.0  # the bound: the others stop sending within one second
 

@@ -23,11 +23,8 @@ from router.mock import FakeProvider
 from router.server.supervisor import MIN_UPTIME_S
 from tests.scaleout.conftest import RedisServer
 from tests.scaleout.fleet import (
-    RouterProcess,
-    alive,
     assert_429s_carry_retry_after,
     chat_bytes,
-    child_pids,
     fleet_policy,
     metric_families,
     offer,
@@ -37,7 +34,9 @@ from tests.scaleout.fleet import (
     session,
     windows,
 )
-from tests.server.helpers import CLIENT_ENV, bearer, free_port, policy_text, provider_block, route_block
+from tests.server.helpers import bearer
+from tests.support.daemon import DaemonProcess, alive, child_pids
+from tests.support.policies import CLIENT_ENV, free_port, policy_text, provider_block, route_block
 
 WORKERS = 2
 L = 40
@@ -45,12 +44,12 @@ B = 10
 RUN_S = 4
 
 
-def supervisor(directory: Path, policy: str) -> AbstractAsyncContextManager[list[RouterProcess]]:
+def supervisor(directory: Path, policy: str) -> AbstractAsyncContextManager[list[DaemonProcess]]:
     """`router serve --workers 2`, until /readyz answers; stopped (and checked for leaks) at exit."""
     return run_routers(directory, policy, 1, "--workers", str(WORKERS))
 
 
-def worker_pids(sup: RouterProcess) -> dict[int, int]:
+def worker_pids(sup: DaemonProcess) -> dict[int, int]:
     """worker index -> pid, from the supervisor's children's command lines."""
     found = {}
     for pid in child_pids(sup.proc.pid):
@@ -73,12 +72,12 @@ def by_worker(samples: Sequence[Any], **labels: str) -> dict[str, float]:
     return dict(out)
 
 
-async def requests_by_worker(http: aiohttp.ClientSession, sup: RouterProcess, **labels: str) -> dict[str, float]:
+async def requests_by_worker(http: aiohttp.ClientSession, sup: DaemonProcess, **labels: str) -> dict[str, float]:
     families = await metric_families(http, sup.url("/metrics"))
     return by_worker(families.get("llm_router_requests_total", []), **labels)
 
 
-async def wait_for_both_workers(http: aiohttp.ClientSession, sup: RouterProcess, within_s: float = 15.0) -> None:
+async def wait_for_both_workers(http: aiohttp.ClientSession, sup: DaemonProcess, within_s: float = 15.0) -> None:
     """/readyz answers once one worker listens; the fleet view lists a worker once its socket answers."""
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
@@ -94,7 +93,7 @@ def fresh_connections() -> aiohttp.ClientSession:
     return session(force_close=True)
 
 
-async def send(http: aiohttp.ClientSession, sup: RouterProcess, count: int, model: str = "chat") -> list[int]:
+async def send(http: aiohttp.ClientSession, sup: DaemonProcess, count: int, model: str = "chat") -> list[int]:
     body = chat_bytes(model=model)
     t0 = asyncio.get_running_loop().time()
     outcomes = await asyncio.gather(*(post(http, sup.chat_url, body, t0, bearer()) for _ in range(count)))
@@ -187,7 +186,7 @@ async def test_sighup_reloads_every_worker_and_sigterm_stops_them_all(tmp_path: 
         assert sorted(pids) == [0, 1], pids
         assert set(await send(http, sup, 10, model="chat2")) == {404}
 
-        (tmp_path / "policy.yaml").write_text(second, encoding="utf-8")
+        sup.policy_path.write_text(second, encoding="utf-8")
         sup.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
         while True:

@@ -30,7 +30,7 @@ from tests.security.canaries import (
     DIGEST_CLIENT_SHA256,
     PROVIDER_KEYS,
 )
-from tests.server.helpers import FAST_RETRY, FAST_TIMEOUTS, LENIENT_BREAKER, policy_text
+from tests.support.policies import FAST_RETRY, FAST_TIMEOUTS, LENIENT_BREAKER, policy_text
 
 KEY_ENV = {name: env for env, name in zip(PROVIDER_KEYS, ("alpha", "beta", "gamma"), strict=True)}
 ONE_TRY = {"max_attempts": 1, "max_attempts_per_target": 1, "wait_for_preferred_s": 0}

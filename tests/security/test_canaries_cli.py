@@ -9,13 +9,11 @@ the output of every CLI command.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -31,72 +29,47 @@ from tests.security.scenarios import (
     sse,
     sse_answer,
 )
-from tests.server.conftest import REPO_ROOT, wait_until_ready
-from tests.server.helpers import chat_body, free_port
+from tests.server.helpers import chat_body
+from tests.support.daemon import REPO_ROOT, DaemonProcess
 
 WEB = {"Authorization": f"Bearer {WEB_KEY}"}
 # The environment of the processes: the canaries, and nothing else that looks like a key.
 BASE_ENV = {name: value for name, value in os.environ.items() if not name.startswith("SEC_")}
 
 
-@dataclass(slots=True)
-class Process:
-    proc: asyncio.subprocess.Process
-    port: int
-    policy: Path
-    stdout: Path
-    stderr: Path
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def err(self) -> str:
-        return self.stderr.read_text(errors="replace")
-
-
-Spawn = Callable[..., Awaitable[Process]]
+Spawn = Callable[..., Awaitable[DaemonProcess]]
 
 
 @pytest.fixture
 async def spawn(tmp_path: Path, leak_watch: LeakWatch) -> AsyncIterator[Spawn]:
     """Start `router serve` at DEBUG on a policy text; at the end stop it and watch its output."""
-    started: list[Process] = []
+    started: list[DaemonProcess] = []
 
-    async def start(text: str, *, expect_ready: bool = True) -> Process:
-        index = len(started)
-        policy, out, err = (tmp_path / f"{stem}{index}" for stem in ("policy.yaml", "stdout.log", "stderr.log"))
-        policy.write_text(text, encoding="utf-8")
-        port = free_port()
-        with out.open("wb") as stdout, err.open("wb") as stderr:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tests.security.debug_serve", "serve", "-c", str(policy), "--port", str(port),
-                "--log-level", "debug", stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, cwd=REPO_ROOT,
-                env={**BASE_ENV, **CANARY_ENV})
-        process = Process(proc, port, policy, out, err)
+    async def start(text: str, *, expect_ready: bool = True) -> DaemonProcess:
+        process = DaemonProcess(text, tmp_path, env=CANARY_ENV, base_env=BASE_ENV, args=("--log-level", "debug"),
+                                module="tests.security.debug_serve", name=f"daemon{len(started)}")
         started.append(process)
+        await process.spawn()
         if expect_ready:
-            await wait_until_ready(process.url("/readyz"), proc, err)
+            await process.wait_ready(within_s=15.0)
         return process
 
     try:
         yield start
     finally:
         for process in started:
-            if process.proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.proc.kill()
-            await process.proc.wait()
+            await process.kill()
     for process in started:
-        leak_watch.add(f"daemon {process.policy.name} stdout (access log)", process.stdout.read_text(errors="replace"))
-        leak_watch.add(f"daemon {process.policy.name} stderr", process.err())
+        leak_watch.add(f"daemon {process.policy_path.name} stdout (access log)", process.stdout())
+        leak_watch.add(f"daemon {process.policy_path.name} stderr", process.stderr())
 
 
-async def wait_for_stderr(process: Process, text: str, within_s: float = 3.0) -> None:
+async def wait_for_stderr(process: DaemonProcess, text: str, within_s: float = 3.0) -> None:
     for _ in range(int(within_s / 0.05)):
-        if text in process.err():
+        if text in process.stderr():
             return
         await asyncio.sleep(0.05)
-    raise AssertionError(f"{text!r} not logged within {within_s}s; stderr:\n{process.err()[-2000:]}")
+    raise AssertionError(f"{text!r} not logged within {within_s}s; stderr:\n{process.stderr()[-2000:]}")
 
 
 async def test_the_daemon_process_at_debug_level_leaks_nothing(spawn: Spawn, fake_provider,
@@ -126,10 +99,11 @@ async def test_the_daemon_process_at_debug_level_leaks_nothing(spawn: Spawn, fak
     for path in ("/v1/models", "/metrics", "/readyz", "/healthz"):
         assert (await watched_http.get(daemon.url(path), headers=WEB)).status == 200
 
-    daemon.policy.write_text(good.replace("api_key_env: SEC_ALPHA_KEY", f"api_key_env: {ALPHA_KEY}"), encoding="utf-8")
+    leaking = good.replace("api_key_env: SEC_ALPHA_KEY", f"api_key_env: {ALPHA_KEY}")
+    daemon.policy_path.write_text(leaking, encoding="utf-8")
     daemon.proc.send_signal(signal.SIGHUP)
     await wait_for_stderr(daemon, "policy reload rejected")
-    daemon.policy.write_text(good, encoding="utf-8")
+    daemon.policy_path.write_text(good, encoding="utf-8")
     daemon.proc.send_signal(signal.SIGHUP)
     await wait_for_stderr(daemon, "policy reloaded")
     assert (await watched_http.post(chat, json=chat_body(), headers=WEB)).status == 200
@@ -137,9 +111,9 @@ async def test_the_daemon_process_at_debug_level_leaks_nothing(spawn: Spawn, fak
 
     daemon.proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(daemon.proc.wait(), 10) == 0
-    stderr = daemon.err()
+    stderr = daemon.stderr()
     assert " DEBUG asyncio: " in stderr  # the watch really saw a debug-level run
-    assert "invalid_api_key" in daemon.stdout.read_text() or "content_policy" in daemon.stdout.read_text()
+    assert "invalid_api_key" in daemon.stdout() or "content_policy" in daemon.stdout()
     assert_provider_saw_only_its_own_key(alpha, ALPHA_KEY)
     assert_provider_saw_only_its_own_key(gamma, GAMMA_KEY)
 
@@ -152,12 +126,12 @@ async def test_startup_warnings_and_refusals(spawn: Spawn, fake_provider, watche
     assert answer.status == 200
     open_mode.proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(open_mode.proc.wait(), 10) == 0
-    assert "dev mode" in open_mode.err()
+    assert "dev mode" in open_mode.stderr()
 
     broken = policy_yaml(alpha, alpha, alpha).replace("key_env: SEC_WEB_KEY", f"key_env: {WEB_KEY}")
     refused = await spawn(broken, expect_ready=False)
     assert await asyncio.wait_for(refused.proc.wait(), 10) == 2
-    assert "cannot start" in refused.err() and "clients[0].key_env" in refused.err()
+    assert "cannot start" in refused.stderr() and "clients[0].key_env" in refused.stderr()
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -44,15 +44,17 @@ from tests.security.scenarios import (
     sse,
     sse_answer,
 )
-from tests.server.conftest import Daemon, DaemonFactory
-from tests.server.helpers import assert_openai_error, chat_body, free_port, sse_data
+from tests.server.conftest import DaemonFactory
+from tests.server.helpers import assert_openai_error, chat_body, sse_data
+from tests.support.daemon import InProcessDaemon
+from tests.support.policies import free_port
 
 WEB = {"Authorization": f"Bearer {WEB_KEY}"}
 
 
 @dataclass(slots=True)
 class Deployment:
-    server: Daemon
+    server: InProcessDaemon
     alpha: FakeProvider
     beta: FakeProvider
     gamma: FakeProvider
@@ -375,13 +377,13 @@ async def test_reload_with_invalid_files_keeps_serving_and_logs_no_secret(
         assert text != valid, mistake
         path.write_text(text, encoding="utf-8")
         before = leak_watch.size
-        assert reload_policy(d.server.state, str(path)) is False, mistake
+        assert reload_policy(d.server.context, str(path)) is False, mistake
         logged = "\n".join(sink.text for sink in leak_watch.sinks[before:])
         assert f"policy.yaml: {named}" in logged, (mistake, logged[:400])  # refused for that very mistake
     path.write_text(valid, encoding="utf-8")
-    assert reload_policy(d.server.state, str(path)) is True
+    assert reload_policy(d.server.context, str(path)) is True
     assert (await d.chat()).status == 200
-    assert d.server.state.reloads == {"success": 1, "failure": len(cases)}
+    assert d.server.context.reloads == {"success": 1, "failure": len(cases)}
 
 
 async def test_startup_in_open_mode_warns_without_secrets(daemon: DaemonFactory, fake_provider,

@@ -26,8 +26,10 @@ from router.observe.prometheus import PrometheusObserver
 from tests.security.canaries import ALPHA_KEY, BATCH_KEY, BETA_KEY, CANARY_ENV, WEB_KEY
 from tests.security.conftest import WatchedHttp
 from tests.security.scenarios import assert_provider_saw_only_its_own_key
-from tests.server.conftest import Daemon, DaemonFactory
-from tests.server.helpers import FAST_RETRY, FAST_TIMEOUTS, LENIENT_BREAKER, chat_body, make_policy, sse_data
+from tests.server.conftest import DaemonFactory
+from tests.server.helpers import chat_body, sse_data
+from tests.support.daemon import InProcessDaemon
+from tests.support.policies import FAST_RETRY, FAST_TIMEOUTS, LENIENT_BREAKER, make_policy
 
 WEB = {"Authorization": f"Bearer {WEB_KEY}"}
 # Everything the router itself puts on an upstream request (Accept only on streams, X-Team is the
@@ -57,7 +59,7 @@ CLIENT_ONLY = {
 
 @dataclass(slots=True)
 class Setup:
-    server: Daemon
+    server: InProcessDaemon
     alpha: FakeProvider
     beta: FakeProvider
     evil: FakeProvider  # in no route: nothing may ever reach it

@@ -9,7 +9,8 @@ import pytest
 
 from router.mock import Ok, Status
 from tests.server.conftest import DaemonFactory
-from tests.server.helpers import CLIENT_ENV, CLIENT_KEY, bearer, chat_body, make_policy, provider_block, route_block
+from tests.server.helpers import bearer, chat_body
+from tests.support.policies import CLIENT_ENV, CLIENT_KEY, make_policy, provider_block, route_block
 
 
 def access_lines(caplog: pytest.LogCaptureFixture) -> list[dict]:

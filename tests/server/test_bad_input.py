@@ -13,26 +13,15 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 from router.server import handlers
-from tests.server.conftest import Daemon, DaemonFactory
-from tests.server.helpers import (
-    CLIENT_ENV,
-    CLIENT_KEY,
-    assert_openai_error,
-    chat_body,
-    make_policy,
-    port_of,
-    provider_block,
-    read_response,
-    request_head,
-    route_block,
-    simple_policy,
-    sse_data,
-)
+from tests.server.conftest import DaemonFactory
+from tests.server.helpers import assert_openai_error, chat_body, port_of, read_response, request_head, sse_data
+from tests.support.daemon import InProcessDaemon
+from tests.support.policies import CLIENT_ENV, CLIENT_KEY, make_policy, provider_block, route_block, simple_policy
 
 VALID = json.dumps(chat_body("hello there")).encode()
 
 
-async def still_serving(http: aiohttp.ClientSession, server: Daemon) -> None:
+async def still_serving(http: aiohttp.ClientSession, server: InProcessDaemon) -> None:
     async with http.post(server.chat_url, data=VALID, headers={"Content-Type": "application/json"}) as response:
         body = await response.json()
     assert response.status == 200, body
@@ -203,7 +192,7 @@ headers = st.fixed_dictionaries({"Authorization": authorization}, optional={
 
 
 @pytest.fixture
-async def fuzz_target(daemon: DaemonFactory, fake_provider) -> tuple[Daemon, object]:
+async def fuzz_target(daemon: DaemonFactory, fake_provider) -> tuple[InProcessDaemon, object]:
     fake = await fake_provider("aimo", strict=False)
     policy = make_policy({"aimo": provider_block(fake)}, {"chat": route_block(("aimo", "m"))},
                          clients=[{"name": "web", "key_env": CLIENT_ENV}])

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.server.conftest import REPO_ROOT, read_text, write_text
-from tests.server.helpers import CANARY_ENV, CANARY_KEY, chat_body, free_port, policy_text
+from tests.server.helpers import chat_body
+from tests.support.daemon import REPO_ROOT
+from tests.support.policies import CANARY_ENV, CANARY_KEY, free_port, policy_text
 
 GOOD = policy_text(
     {"aimo": {"base_url": "https://devnet.aimo.network/api/v1", "api_key_env": "AIMO_TEST_KEY"},
@@ -32,7 +33,7 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 20) -> s
 
 def policy_file(tmp_path: Path, text: str, name: str = "policy.yaml") -> str:
     path = tmp_path / name
-    write_text(path, text)
+    path.write_text(text, encoding="utf-8")
     return str(path)
 
 
@@ -198,7 +199,7 @@ async def test_mock_serves_503s_at_error_rate_one(tmp_path: Path) -> None:
 
         assert statuses == [503] * 5
         assert set(body["error"]) >= {"message", "type", "code"}
-        assert f"at http://127.0.0.1:{port}/v1" in read_text(log)
+        assert f"at http://127.0.0.1:{port}/v1" in log.read_text(errors="replace")
     finally:
         if proc.returncode is None:
             proc.terminate()

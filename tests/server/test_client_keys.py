@@ -9,17 +9,8 @@ import json
 import aiohttp
 
 from tests.server.conftest import DaemonFactory
-from tests.server.helpers import (
-    CANARY_KEY,
-    CLIENT_ENV,
-    CLIENT_KEY,
-    assert_openai_error,
-    bearer,
-    chat_body,
-    make_policy,
-    provider_block,
-    route_block,
-)
+from tests.server.helpers import assert_openai_error, bearer, chat_body
+from tests.support.policies import CANARY_KEY, CLIENT_ENV, CLIENT_KEY, make_policy, provider_block, route_block
 
 BATCH_KEY = "batch-key-with-only-a-digest-in-the-file"
 
@@ -181,5 +172,5 @@ async def test_open_dev_mode_accepts_requests_without_a_key(daemon: DaemonFactor
 
     assert (await post(http, server.chat_url, None))[0] == 200
     assert (await post(http, server.chat_url, "any-key-at-all"))[0] == 200
-    assert server.state.keys.open
+    assert server.context.keys.open
     assert "Bearer any-key-at-all" not in fake.hits[1].headers_ci.getall("Authorization", [])

@@ -11,17 +11,8 @@ from openai import AsyncOpenAI
 
 from router import __version__
 from tests.server.conftest import DaemonFactory
-from tests.server.helpers import (
-    CLIENT_ENV,
-    CLIENT_KEY,
-    assert_openai_error,
-    bearer,
-    chat_body,
-    make_policy,
-    provider_block,
-    route_block,
-    simple_policy,
-)
+from tests.server.helpers import assert_openai_error, bearer, chat_body
+from tests.support.policies import CLIENT_ENV, CLIENT_KEY, make_policy, provider_block, route_block, simple_policy
 
 BATCH_KEY = "batch-key-0001"
 
@@ -90,7 +81,7 @@ async def test_readyz_is_200_then_503_while_draining(daemon: DaemonFactory, fake
     async with http.get(server.url("/readyz")) as response:
         assert response.status == 200
         assert (await response.json())["status"] == "ready"
-    server.state.draining = True
+    server.context.draining = True
     async with http.get(server.url("/readyz")) as response:
         assert response.status == 503
         assert (await response.json())["status"] == "draining"
@@ -102,7 +93,7 @@ async def test_new_chat_requests_while_draining_get_503_with_retry_after(daemon:
                                                                         http) -> None:
     fake = await fake_provider("aimo")
     server = await daemon(three_route_policy(fake))
-    server.state.draining = True
+    server.context.draining = True
 
     for body in (chat_body(), chat_body(stream=True)):
         async with http.post(server.chat_url, json=body) as response:

@@ -13,14 +13,11 @@ from router.errors import RouterError
 from router.mock import Hang, Ok, Status, Stream
 from router.server.context import ServerContext
 from tests.server.conftest import DaemonFactory
-from tests.server.helpers import (
+from tests.server.helpers import assert_no_leak, assert_openai_error, bearer, chat_body
+from tests.support.policies import (
     CANARY_KEY,
     CLIENT_ENV,
     CLIENT_KEY,
-    assert_no_leak,
-    assert_openai_error,
-    bearer,
-    chat_body,
     make_policy,
     provider_block,
     route_block,

@@ -15,22 +15,16 @@ import pytest
 
 from router.mock import Ok
 from router.server import front
-from tests.server.conftest import Daemon, DaemonFactory
-from tests.server.helpers import (
-    assert_openai_error,
-    chat_body,
-    port_of,
-    read_response,
-    request_head,
-    simple_policy,
-    sse_data,
-)
+from tests.server.conftest import DaemonFactory
+from tests.server.helpers import assert_openai_error, chat_body, port_of, read_response, request_head, sse_data
+from tests.support.daemon import InProcessDaemon
+from tests.support.policies import simple_policy
 
 BODY = json.dumps(chat_body("hello")).encode()
 STREAM_BODY = json.dumps(chat_body("hello", stream=True)).encode()
 
 
-def plain_request(server: Daemon, body: bytes = BODY, *extra: str) -> bytes:
+def plain_request(server: InProcessDaemon, body: bytes = BODY, *extra: str) -> bytes:
     head = request_head(port_of(server), len(body))
     return head[:-2] + "".join(f"{line}\r\n" for line in extra).encode() + b"\r\n" + body
 
@@ -39,7 +33,7 @@ def by_front(headers: dict[str, str]) -> bool:
     return "server" not in headers
 
 
-async def connect(server: Daemon) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def connect(server: InProcessDaemon) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.open_connection("127.0.0.1", port_of(server))
 
 
@@ -59,12 +53,12 @@ async def read_chunked(reader: asyncio.StreamReader) -> tuple[dict[str, str], by
 
 
 @pytest.fixture
-async def server(daemon: DaemonFactory, fake_provider) -> Daemon:
+async def server(daemon: DaemonFactory, fake_provider) -> InProcessDaemon:
     fake = await fake_provider("aimo")
     return await daemon(simple_policy(fake))
 
 
-async def test_a_head_and_body_in_separate_writes_are_served_by_the_fast_front(server: Daemon) -> None:
+async def test_a_head_and_body_in_separate_writes_are_served_by_the_fast_front(server: InProcessDaemon) -> None:
     reader, writer = await connect(server)
     request = plain_request(server)
     split = request.index(b"\r\n\r\n") + 4
@@ -78,7 +72,7 @@ async def test_a_head_and_body_in_separate_writes_are_served_by_the_fast_front(s
     assert json.loads(body)["choices"][0]["message"]["content"]
 
 
-async def test_keep_alive_and_pipelined_requests_are_answered_in_order(server: Daemon) -> None:
+async def test_keep_alive_and_pipelined_requests_are_answered_in_order(server: InProcessDaemon) -> None:
     reader, writer = await connect(server)
     writer.write(b"".join(plain_request(server, BODY, f"X-Request-ID: pipelined-{n}") for n in range(3)))
     for n in range(3):
@@ -91,7 +85,7 @@ async def test_keep_alive_and_pipelined_requests_are_answered_in_order(server: D
     assert (status, headers["x-request-id"]) == (200, "after")
 
 
-async def test_a_stream_is_relayed_chunked_and_the_connection_kept(server: Daemon) -> None:
+async def test_a_stream_is_relayed_chunked_and_the_connection_kept(server: InProcessDaemon) -> None:
     reader, writer = await connect(server)
     for _ in range(2):
         writer.write(plain_request(server, STREAM_BODY))
@@ -103,7 +97,7 @@ async def test_a_stream_is_relayed_chunked_and_the_connection_kept(server: Daemo
 
 @pytest.mark.parametrize("extra", [("Transfer-Encoding: chunked",), ("Expect: 100-continue",)])
 async def test_requests_the_fast_front_does_not_serve_are_answered_by_aiohttp_on_the_same_connection(
-        server: Daemon, extra: tuple[str, ...]) -> None:
+        server: InProcessDaemon, extra: tuple[str, ...]) -> None:
     reader, writer = await connect(server)
     if extra[0].startswith("Transfer-Encoding"):
         head = plain_request(server, b"")[:-2].replace(b"Content-Length: 0\r\n", b"") + extra[0].encode()
@@ -122,7 +116,7 @@ async def test_requests_the_fast_front_does_not_serve_are_answered_by_aiohttp_on
     assert status == 200 and not by_front(headers)
 
 
-async def test_other_routes_then_a_chat_request_on_one_connection(server: Daemon) -> None:
+async def test_other_routes_then_a_chat_request_on_one_connection(server: InProcessDaemon) -> None:
     reader, writer = await connect(server)
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     status, _, body = await read_response(reader)
@@ -134,7 +128,7 @@ async def test_other_routes_then_a_chat_request_on_one_connection(server: Daemon
 
 
 async def test_a_request_still_incomplete_after_the_hand_off_time_is_served_by_aiohttp(
-        server: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+        server: InProcessDaemon, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(front, "HAND_OFF_S", 0.05)
     reader, writer = await connect(server)
     request = plain_request(server)
@@ -148,7 +142,7 @@ async def test_a_request_still_incomplete_after_the_hand_off_time_is_served_by_a
     assert not by_front(headers)
 
 
-async def test_a_body_over_the_limit_gets_an_openai_413(server: Daemon) -> None:
+async def test_a_body_over_the_limit_gets_an_openai_413(server: InProcessDaemon) -> None:
     reader, writer = await connect(server)
     limit = server.router.policy.server.max_body_bytes
     writer.write(request_head(port_of(server), limit + 1) + b" " * (limit + 1))
@@ -158,7 +152,7 @@ async def test_a_body_over_the_limit_gets_an_openai_413(server: Daemon) -> None:
     assert_openai_error(body, code="body_too_large")
 
 
-async def test_connection_close_is_honoured(server: Daemon) -> None:
+async def test_connection_close_is_honoured(server: InProcessDaemon) -> None:
     reader, writer = await connect(server)
     writer.write(plain_request(server, BODY, "Connection: close"))
     status, headers, _ = await read_response(reader)
@@ -169,7 +163,7 @@ async def test_connection_close_is_honoured(server: Daemon) -> None:
 
 
 async def test_an_internal_error_mid_stream_cuts_the_answer_instead_of_ending_it(
-        server: Daemon, monkeypatch: pytest.MonkeyPatch, http: aiohttp.ClientSession) -> None:
+        server: InProcessDaemon, monkeypatch: pytest.MonkeyPatch, http: aiohttp.ClientSession) -> None:
     original = front._Connection.drain
     calls = 0
 

@@ -24,19 +24,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from router.server import handlers
-from tests.server.conftest import CliFactory, Daemon, DaemonFactory
-from tests.server.helpers import (
-    CLIENT_ENV,
-    CLIENT_KEY,
-    assert_no_leak,
-    assert_openai_error,
-    chat_body,
-    make_policy,
-    policy_text,
-    provider_block,
-    route_block,
-    sse_data,
-)
+from tests.server.conftest import CliFactory, DaemonFactory
+from tests.server.helpers import assert_no_leak, assert_openai_error, chat_body, sse_data
+from tests.support.daemon import InProcessDaemon
+from tests.support.policies import CLIENT_ENV, CLIENT_KEY, make_policy, policy_text, provider_block, route_block
 
 VALID = json.dumps(chat_body("fuzz")).encode()
 OK_STATUSES = {200, 400, 401, 403, 404, 405, 408, 413, 415, 417, 429, 502, 503, 504}
@@ -106,7 +97,7 @@ def check_answer(method: str, path: str, status: int, headers: dict[str, str], b
 class Front:
     """The daemon under fuzz, with a short repr (hypothesis prints it with a failing example)."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: InProcessDaemon) -> None:
         self.base_url = daemon.base_url
         self.port = int(daemon.base_url.rsplit(":", 1)[1])
 

@@ -8,17 +8,8 @@ import aiohttp
 
 from router.mock import Ok, Status, Stream
 from tests.server.conftest import DaemonFactory
-from tests.server.helpers import (
-    CLIENT_ENV,
-    assert_openai_error,
-    chat_body,
-    make_policy,
-    provider_block,
-    route_block,
-    simple_policy,
-    sse_data,
-    sse_text,
-)
+from tests.server.helpers import assert_openai_error, chat_body, sse_data, sse_text
+from tests.support.policies import CLIENT_ENV, make_policy, provider_block, route_block, simple_policy
 
 ONE_TRY_EACH = {"max_attempts": 3, "max_attempts_per_target": 1}
 

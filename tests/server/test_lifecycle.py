@@ -14,8 +14,10 @@ import aiohttp
 import pytest
 
 from router.mock import Hang, Ok
-from tests.server.conftest import CliDaemon, CliFactory
-from tests.server.helpers import chat_body, policy_text, provider_block, route_block, sse_data, sse_text
+from tests.server.conftest import CliFactory
+from tests.server.helpers import chat_body, sse_data, sse_text
+from tests.support.daemon import DaemonProcess
+from tests.support.policies import policy_text, provider_block, route_block
 
 DRAIN_S = 4.0
 
@@ -27,13 +29,13 @@ def two_route_text(slow, streamy, *, drain_s: float = DRAIN_S, extra_routes: dic
                        server={"drain_timeout_s": drain_s})
 
 
-async def listed_models(http: aiohttp.ClientSession, daemon: CliDaemon) -> list[str]:
+async def listed_models(http: aiohttp.ClientSession, daemon: DaemonProcess) -> list[str]:
     async with http.get(daemon.url("/v1/models")) as response:
         assert response.status == 200
         return [item["id"] for item in (await response.json())["data"]]
 
 
-async def wait_for_models(http: aiohttp.ClientSession, daemon: CliDaemon, expected: str,
+async def wait_for_models(http: aiohttp.ClientSession, daemon: DaemonProcess, expected: str,
                           within_s: float) -> float:
     """Seconds until `expected` is listed; fails after `within_s`."""
     started = time.monotonic()
@@ -44,7 +46,7 @@ async def wait_for_models(http: aiohttp.ClientSession, daemon: CliDaemon, expect
     raise AssertionError(f"{expected!r} not listed within {within_s}s; stderr:\n{daemon.stderr()}")
 
 
-async def wait_for_stderr(daemon: CliDaemon, text: str, within_s: float) -> None:
+async def wait_for_stderr(daemon: DaemonProcess, text: str, within_s: float) -> None:
     for _ in range(int(within_s / 0.05)):
         if text in daemon.stderr():
             return

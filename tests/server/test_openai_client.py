@@ -12,16 +12,10 @@ import pytest
 from openai import AsyncOpenAI
 
 from router.mock import Hang, Ok, Status
-from tests.server.conftest import Daemon, DaemonFactory
-from tests.server.helpers import (
-    CLIENT_ENV,
-    CLIENT_KEY,
-    assert_no_leak,
-    make_policy,
-    provider_block,
-    route_block,
-    simple_policy,
-)
+from tests.server.conftest import DaemonFactory
+from tests.server.helpers import assert_no_leak
+from tests.support.daemon import InProcessDaemon
+from tests.support.policies import CLIENT_ENV, CLIENT_KEY, make_policy, provider_block, route_block, simple_policy
 
 MESSAGES = [{"role": "user", "content": "What is machine learning?"}]
 TOOLS = [{"type": "function", "function": {
@@ -37,7 +31,7 @@ async def sdk() -> AsyncIterator[list[AsyncOpenAI]]:
         await client.close()
 
 
-def client_for(clients: list[AsyncOpenAI], daemon: Daemon, key: str = "unused-in-open-mode") -> AsyncOpenAI:
+def client_for(clients: list[AsyncOpenAI], daemon: InProcessDaemon, key: str = "unused-in-open-mode") -> AsyncOpenAI:
     client = AsyncOpenAI(base_url=daemon.v1, api_key=key, max_retries=0, timeout=15)
     clients.append(client)
     return client

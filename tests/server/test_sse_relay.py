@@ -19,7 +19,8 @@ from router.observe.prometheus import PrometheusObserver
 from router.server import front
 from router.server.aiohttp_internals import SseResponse
 from tests.server.conftest import DaemonFactory
-from tests.server.helpers import chat_body, simple_policy, sse_data, sse_text
+from tests.server.helpers import chat_body, sse_data, sse_text
+from tests.support.policies import simple_policy
 
 ONE_TRY_EACH = {"max_attempts": 3, "max_attempts_per_target": 1}
 

@@ -18,8 +18,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from router.mock import FakeProvider, Status
-from tests.server.conftest import Daemon, DaemonFactory
-from tests.server.helpers import assert_openai_error, chat_body, simple_policy, sse_data, sse_text
+from tests.server.conftest import DaemonFactory
+from tests.server.helpers import assert_openai_error, chat_body, sse_data, sse_text
+from tests.support.daemon import InProcessDaemon
+from tests.support.policies import simple_policy
 
 
 def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -40,7 +42,7 @@ def provider_stream(pieces: list[str]) -> tuple[bytes, list[int]]:
 
 
 @pytest.fixture
-async def relay(daemon: DaemonFactory, fake_provider) -> tuple[Daemon, FakeProvider]:
+async def relay(daemon: DaemonFactory, fake_provider) -> tuple[InProcessDaemon, FakeProvider]:
     fake = await fake_provider("aimo")
     server = await daemon(simple_policy(fake, retry={"max_attempts": 1, "max_attempts_per_target": 1}))
     return server, fake
@@ -50,7 +52,7 @@ async def relay(daemon: DaemonFactory, fake_provider) -> tuple[Daemon, FakeProvi
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(pieces=st.lists(st.text(max_size=12), min_size=1, max_size=5), data=st.data())
 async def test_a_provider_stream_cut_anywhere_reaches_the_client_only_as_whole_events(
-        relay: tuple[Daemon, FakeProvider], http, pieces: list[str], data: st.DataObject) -> None:
+        relay: tuple[InProcessDaemon, FakeProvider], http, pieces: list[str], data: st.DataObject) -> None:
     server, fake = relay
     stream, ends = provider_stream(pieces)
     cut = data.draw(st.sampled_from(sorted({0, *ends, *(e - 1 for e in ends), *(e - 3 for e in ends)}))

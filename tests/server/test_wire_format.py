@@ -9,16 +9,8 @@ import aiohttp
 
 from router.mock import Ok, Status
 from tests.server.conftest import DaemonFactory
-from tests.server.helpers import (
-    AIMO_MODEL,
-    CANARY_KEY,
-    make_policy,
-    provider_block,
-    route_block,
-    simple_policy,
-    sse_data,
-    sse_text,
-)
+from tests.server.helpers import sse_data, sse_text
+from tests.support.policies import AIMO_MODEL, CANARY_KEY, make_policy, provider_block, route_block, simple_policy
 
 JSON = {"Content-Type": "application/json"}
 

@@ -2,7 +2,7 @@
 
 This module does not import the router, so the same load can be pointed at anything
 OpenAI-compatible. The tests (`tests/resilience/`) and `bench/soak.py` both use it;
-imports go one way: tests -> bench -> router.
+imports go one way: bench -> tests.support -> router.
 
 Every request is identifiable: its `X-Request-ID` is `<prefix>-<index>` and its prompt
 is `prompt_for(request_id)`. The fake providers of the soak answer `answer_for(prompt)`

@@ -1,4 +1,4 @@
-"""The soak's world: three fake providers with a mixed fault diet, their policy, and the daemon process.
+"""The soak's world: three fake providers with a mixed fault diet, and their policy (the daemon: daemon.py).
 
 - `SoakFaults`: every fault kind the fake provider supports, each at its own rate, with
   answers that are identifiable per request (`loadgen.answer_for`) and that continue a
@@ -7,32 +7,21 @@
   router's connects are refused), come back on the same port, flap briefly at random, and
   keep the hits of the requests a test asked to watch (e.g. the ones a client abandons).
 - `soak_policy()`: the policy the daemon runs (YAML text).
-- `DaemonProcess`: `python -m router.cli serve` (or `bench.daemon_probe`, the same daemon that
-  also reports its asyncio task count on SIGUSR2) in a subprocess on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import random
-import signal
-import socket
-import sys
-import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-import aiohttp
 import yaml
 
-from bench.loadgen import Metrics, answer_for, read_access_log, scrape
 from router.mock import (
     FakeProvider,
     Fault,
@@ -46,8 +35,8 @@ from router.mock import (
     Status,
     Stream,
 )
+from tests.support.load import answer_for
 
-ROOT = Path(__file__).resolve().parent.parent
 PROVIDERS = ("alpha", "beta", "gamma")
 PREFILL_PROVIDERS = ("alpha", "beta")  # gamma cannot continue a cut stream: some cuts must end in an error event
 
@@ -327,128 +316,3 @@ def soak_policy(base_urls: Mapping[str, str], *, prefill: Sequence[str] = PREFIL
             "retry_budget": dict(budget or {"percent": 50, "min_per_second": 5, "window_s": 10}),
             "server": {"host": "127.0.0.1", "drain_timeout_s": drain_s}}
     return yaml.safe_dump(data, sort_keys=False)
-
-
-# -- the daemon ------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class DaemonProcess:
-    """The daemon in a subprocess on 127.0.0.1; killed on exit if still running.
-
-    stdout (the access log) and stderr go to files in `workdir`."""
-
-    def __init__(self, policy_text: str, workdir: Path, *, probe: bool = False,
-                 env: Mapping[str, str] | None = None, args: Sequence[str] = ()) -> None:
-        self.workdir = workdir
-        self.policy_path = workdir / "policy.yaml"
-        self.policy_path.write_text(policy_text)
-        self.stdout_path = workdir / "daemon.stdout"
-        self.stderr_path = workdir / "daemon.stderr"
-        self.tasks_path = workdir / "daemon.tasks"
-        self.probe = probe
-        self.port = free_port()
-        self._env = dict(env or {})
-        self._args = tuple(args)
-        self.proc: asyncio.subprocess.Process | None = None
-        self._files: list[Any] = []
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def chat_url(self) -> str:
-        return f"{self.base_url}/v1/chat/completions"
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.kill()
-
-    async def start(self, within_s: float = 20.0) -> None:
-        module = ["-m", "bench.daemon_probe", "--tasks-file", str(self.tasks_path)] if self.probe \
-            else ["-m", "router.cli", "serve"]
-        out, err = self.stdout_path.open("wb"), self.stderr_path.open("wb")
-        self._files = [out, err]
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, *module, "-c", str(self.policy_path), "--port", str(self.port), *self._args,
-            stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err, cwd=ROOT,
-            env={**os.environ, **self._env})
-        deadline = time.monotonic() + within_s
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
-            while time.monotonic() < deadline and self.proc.returncode is None:
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.get(f"{self.base_url}/readyz") as response:
-                        if response.status == 200:
-                            return
-                await asyncio.sleep(0.05)
-        raise RuntimeError(f"daemon not ready (exit code {self.proc.returncode}); stderr:\n{self.stderr()}")
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
-
-    def access_log(self) -> list[dict[str, Any]]:
-        return read_access_log(self.stdout_path)
-
-    def write_policy(self, text: str) -> None:
-        """Replace the policy file atomically (a rename), as a config management tool would."""
-        staging = self.policy_path.with_suffix(".new")
-        staging.write_text(text)
-        staging.replace(self.policy_path)
-
-    def send(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    async def metrics(self, session: aiohttp.ClientSession) -> Metrics:
-        return await scrape(session, f"{self.base_url}/metrics")
-
-    async def task_count(self, within_s: float = 2.0) -> int:
-        """The daemon's asyncio task count (probe daemons only): ask with SIGUSR2, read the answer."""
-        if not self.probe:
-            raise RuntimeError("task_count needs DaemonProcess(probe=True)")
-        self.tasks_path.unlink(missing_ok=True)
-        self.send(signal.SIGUSR2)
-        deadline = time.monotonic() + within_s
-        while time.monotonic() < deadline:
-            with contextlib.suppress(FileNotFoundError, ValueError):
-                return int(json.loads(self.tasks_path.read_text())["tasks"])
-            await asyncio.sleep(0.01)
-        raise RuntimeError("the probe daemon did not report its task count")
-
-    async def wait_access_lines(self, count: int, within_s: float = 3.0) -> list[dict[str, Any]]:
-        """The access log once it has `count` lines (it is flushed every 100 ms), or as it is after `within_s`."""
-        deadline = time.monotonic() + within_s
-        lines = self.access_log()
-        while len(lines) < count and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-            lines = self.access_log()
-        return lines
-
-    async def wait_exit(self, timeout_s: float) -> int | None:
-        assert self.proc is not None
-        with contextlib.suppress(TimeoutError):
-            return await asyncio.wait_for(self.proc.wait(), timeout_s)
-        return None
-
-    async def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            await self.proc.wait()
-        for file in self._files:
-            file.close()
-        self._files = []

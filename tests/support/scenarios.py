@@ -26,7 +26,9 @@ from typing import Any
 
 import aiohttp
 
-from bench.loadgen import (
+from router.mock import Hit
+from tests.support.daemon import DaemonProcess
+from tests.support.load import (
     CANCELLED,
     COMPLETE,
     ERROR,
@@ -41,8 +43,7 @@ from bench.loadgen import (
     run_load,
     slope,
 )
-from bench.soak_env import FAULT_MIX, DaemonProcess, SoakProviders, failing_rate, soak_policy
-from router.mock import Hit
+from tests.support.soak_env import FAULT_MIX, SoakProviders, failing_rate, soak_policy
 
 SOAK_BUDGET = {"percent": 50.0, "min_per_second": 5.0, "window_s": 10.0}
 # 5% + 1/s: at 200 requests/s an outage adds at most 5.5% upstream attempts (the issue allows 10%).

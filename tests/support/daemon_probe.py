@@ -1,6 +1,6 @@
 """`router serve`, plus one thing: on SIGUSR2 it writes its asyncio task count to a file.
 
-    python -m bench.daemon_probe --tasks-file /tmp/tasks.json -c POLICY --port PORT
+    python -m tests.support.daemon_probe --tasks-file /tmp/tasks.json -c POLICY --port PORT
 
 The leak check needs the daemon's task count from outside the process. This runs the
 very same `run_daemon` as `router serve` (same logging, same signals, same drain); the
