@@ -3,7 +3,8 @@
     python -m bench.soak --soak              # 200,000 requests under mixed faults (~6 min)
     python -m bench.soak --outage            # one provider of three down for 60 s, then all of them (~2.5 min)
     python -m bench.soak --leak              # 10 minutes of steady load, then up to 60 s idle (~11 min)
-    python -m bench.soak --all               # the three, one after the other
+    python -m bench.soak --timing            # deadlines, a silent provider, abandoned requests (~1 min)
+    python -m bench.soak --all               # all four, one after the other
     python -m bench.soak --soak --requests 50000 --out /tmp/soak.json
 
 Everything runs on 127.0.0.1: three fake providers in this process, the daemon
@@ -39,6 +40,16 @@ from tests.support.scenarios import (
     run_leak,
     run_one_down,
     run_soak,
+)
+from tests.support.timing import (
+    DEADLINE_S,
+    FIRST_BYTE_S,
+    AbandonedReport,
+    DeadlineReport,
+    SilentReport,
+    run_abandoned,
+    run_deadline,
+    run_silent_provider,
 )
 
 Criterion = tuple[str, bool]
@@ -92,6 +103,26 @@ def leak_criteria(r: LeakReport) -> list[Criterion]:
     ]
 
 
+def deadline_criteria(r: DeadlineReport) -> list[Criterion]:
+    return [("no request without exactly one outcome", r.run.outcomes().get("anomaly", 0) == 0),
+            ("the deadline ended many requests", r.outcomes["deadline_exceeded"] >= r.access_lines // 4),
+            (f"no request outlives its {DEADLINE_S} s deadline by more than 100 ms (daemon)",
+             max(r.overshoot_ms) <= 100)]
+
+
+def silent_criteria(r: SilentReport) -> list[Criterion]:
+    return [("one attempt at the silent provider, one elsewhere, per request",
+             set(r.at_silent.values()) == {1} == set(r.elsewhere.values())),
+            (f"latency under 1.5 x first_byte_s ({1.5 * FIRST_BYTE_S:.2f} s)", max(r.latencies) < 1.5 * FIRST_BYTE_S)]
+
+
+def abandoned_criteria(r: AbandonedReport) -> list[Criterion]:
+    return [("every upstream attempt closed within 1 s of its client leaving",
+             not r.effects.unclosed and r.delays[-1] < 1.0),
+            ("no retry or failover more than 10 ms after a client left",
+             not [d for d in r.effects.late_attempts if d > 0.010])]
+
+
 def show(title: str, summary: str, criteria: list[Criterion]) -> bool:
     print(f"\n== {title}\n{summary}")
     for name, ok in criteria:
@@ -101,7 +132,12 @@ def show(title: str, summary: str, criteria: list[Criterion]) -> bool:
 
 def as_json(report: Any) -> dict[str, Any]:
     # Not dataclasses.asdict: it rebuilds a Counter from (key, value) pairs, counting the pairs.
-    data: dict[str, Any] = {f.name: _plain(getattr(report, f.name)) for f in dataclasses.fields(report)}
+    data: dict[str, Any] = {f.name: _plain(getattr(report, f.name)) for f in dataclasses.fields(report)
+                            if f.name != "run"}
+    run = getattr(report, "run", None)
+    if run is not None:  # the load's outcomes, not its every request
+        data["load"] = {"requests": len(run.results), "outcomes": dict(run.outcomes()),
+                        "max_loop_lag": run.max_loop_lag}
     for key in ("close_delays", "first_after", "late_attempts", "cpu_per_s", "rss_mb", "rss_series",
                 "never_reached"):
         if isinstance(data.get(key), list) and len(data[key]) > 50:
@@ -142,6 +178,10 @@ async def main_async(args: argparse.Namespace) -> int:
                          one_down_criteria))
             runs.append(("every provider down", lambda: run_all_down(down_s=args.outage_s, rate=args.rate,
                                                                       workdir=work / "all"), all_down_criteria))
+        if args.timing or args.all:
+            runs.append(("deadlines", lambda: run_deadline(work / "deadline"), deadline_criteria))
+            runs.append(("a silent provider", lambda: run_silent_provider(work / "silent"), silent_criteria))
+            runs.append(("abandoned requests", lambda: run_abandoned(work / "gone"), abandoned_criteria))
         if args.leak or args.all:
             runs.append(("leak", lambda: run_leak(load_s=args.minutes * 60, rate=args.leak_rate,
                                                   workdir=work / "leak", sample_every_s=1.0), leak_criteria))
@@ -162,6 +202,7 @@ def main() -> int:
     parser.add_argument("--soak", action="store_true", help="mixed faults, --requests requests")
     parser.add_argument("--outage", action="store_true", help="one provider down, then all, for --outage-s")
     parser.add_argument("--leak", action="store_true", help="--minutes of steady load, then idle")
+    parser.add_argument("--timing", action="store_true", help="deadlines, a silent provider, abandoned requests")
     parser.add_argument("--all", action="store_true")
     parser.add_argument("--requests", type=int, default=200_000)
     parser.add_argument("--concurrency", type=int, default=128)
@@ -171,8 +212,8 @@ def main() -> int:
     parser.add_argument("--leak-rate", type=float, default=300.0)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "soak.json")
     args = parser.parse_args()
-    if not (args.soak or args.outage or args.leak or args.all):
-        parser.error("choose --soak, --outage, --leak or --all")
+    if not (args.soak or args.outage or args.leak or args.timing or args.all):
+        parser.error("choose --soak, --outage, --leak, --timing or --all")
     try:
         return asyncio.run(main_async(args))
     except (KeyboardInterrupt, asyncio.CancelledError):

@@ -53,6 +53,7 @@ from tests.deploy.files import (
     systemd_unit,
     yaml_files,
 )
+from tests.support.system import require
 
 SELECTOR = {"app.kubernetes.io/name": "llm-router", "app.kubernetes.io/instance": "llm-router"}
 POLICY_PATH = "/etc/llm-router/policy.yaml"
@@ -276,8 +277,8 @@ def test_systemd_unit_runs_a_valid_serve_command_with_reload_and_hardening() -> 
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
+    require("systemd-analyze", "systemd")
     # The install path does not exist here: point ExecStart at an executable that does.
     text = SYSTEMD_UNIT.read_text(encoding="utf-8").replace("/opt/llm-router/bin/router", sys.executable)
     copy = tmp_path / SYSTEMD_UNIT.name
@@ -304,6 +305,7 @@ def test_image_runs_as_the_non_root_uid_the_pods_require() -> None:
     assert pod_spec()["automountServiceAccountToken"] is False
 
 
+@pytest.mark.slow
 def test_dockerfile_copies_enough_to_build_the_package(tmp_path: Path) -> None:
     """Replays the Dockerfile's COPY lines into a directory and builds a wheel from it, as `pip install` does."""
     context = tmp_path / "context"

@@ -48,6 +48,7 @@ async def test_cancelling_the_caller_during_a_backoff_sleep_stops_all_further_at
     assert (a.count, b.count) == (1, 0)
 
 
+@pytest.mark.slow
 async def test_closing_a_stream_mid_answer_closes_the_upstream_connection(
         fake_provider: FakeProviderFactory) -> None:
     a, b = await fake_provider("a"), await fake_provider("b")
@@ -67,6 +68,7 @@ async def test_closing_a_stream_mid_answer_closes_the_upstream_connection(
     assert (a.count, b.count) == (1, 0)
 
 
+@pytest.mark.slow
 async def test_cancelling_a_stream_consumer_closes_the_upstream_connection(
         fake_provider: FakeProviderFactory) -> None:
     a = await fake_provider("a")
@@ -90,6 +92,7 @@ async def test_cancelling_a_stream_consumer_closes_the_upstream_connection(
     assert a.count == 1
 
 
+@pytest.mark.slow
 async def test_closing_the_router_ends_in_flight_requests_without_new_attempts(
         fake_provider: FakeProviderFactory) -> None:
     a, b = await fake_provider("a"), await fake_provider("b")

@@ -189,6 +189,7 @@ async def test_401_from_primary_fails_over_and_ejects_it_for_later_requests(
     assert b.count == 6
 
 
+@pytest.mark.slow
 async def test_deadline_ends_a_hanging_request_with_504_on_time(fake_provider: FakeProviderFactory) -> None:
     a, b = await fake_provider("a"), await fake_provider("b")
     a.set_default(Hang())

@@ -15,6 +15,7 @@ from tests.e2e.helpers import body, stream_body, wait_for
 from tests.support.policies import FAST_RETRY, make_policy, provider_entry
 
 
+@pytest.mark.slow
 async def test_least_busy_prefers_the_target_with_fewer_requests_in_flight(
         fake_provider: FakeProviderFactory) -> None:
     a, b = await fake_provider("a"), await fake_provider("b")
@@ -36,6 +37,7 @@ async def test_least_busy_prefers_the_target_with_fewer_requests_in_flight(
     assert busy.count == 1
 
 
+@pytest.mark.slow
 async def test_failed_stream_attempts_do_not_distort_in_flight_counts(fake_provider: FakeProviderFactory) -> None:
     # Two routes share target a/m. Failed stream attempts through `warm` must leave a's
     # in-flight count at exactly its true value, or least_busy on `chat` misjudges a.

@@ -243,6 +243,7 @@ async def test_stream_cut_twice_is_continued_twice_and_the_answer_appears_once(
     assert sorted(continuations, key=len) == [shown_after_a, shown_after_b]
 
 
+@pytest.mark.slow
 async def test_stream_deadline_before_the_first_event_raises_504(fake_provider: FakeProviderFactory) -> None:
     a = await fake_provider("a")
     a.set_default(Stream(content=ANSWER, first_delay_s=5))

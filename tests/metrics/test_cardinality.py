@@ -11,6 +11,8 @@ from __future__ import annotations
 import random
 import uuid
 
+import pytest
+
 from router import RouterError
 from router.observe.observer import UNKNOWN_ROUTE
 from router.observe.prometheus import PrometheusObserver
@@ -22,6 +24,7 @@ from tests.support.memory import MemoryReply, MemoryTransport
 REQUESTS = 10_000
 
 
+@pytest.mark.slow
 async def test_random_model_names_never_become_label_values() -> None:
     rng = random.Random(7)
 

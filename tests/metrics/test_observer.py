@@ -172,6 +172,7 @@ def test_observers_share_nothing_and_a_registry_takes_one_observer() -> None:
         PrometheusObserver(registry)
 
 
+@pytest.mark.slow
 def test_start_exporter_serves_the_registry_over_http() -> None:
     observer = PrometheusObserver()
     observer.request_finished("chat", "-", "success", 0.1)

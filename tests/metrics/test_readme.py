@@ -36,6 +36,7 @@ def test_the_table_lists_every_exported_metric_with_its_type() -> None:
     assert rows == exported
 
 
+@pytest.mark.slow
 async def test_the_embedded_exporter_example_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     source = re.search(r"```python\n(.*?)```", _section(), re.DOTALL)
     assert source is not None

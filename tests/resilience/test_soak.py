@@ -24,6 +24,7 @@ REQUESTS = 20_000
 # a transport of a killed connection to the garbage collector (seen in 1 of ~6 runs, fds of the fakes,
 # never of the daemon): that ResourceWarning says nothing about the router.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.slow
 async def test_twenty_thousand_requests_under_mixed_faults_each_end_in_exactly_one_outcome(tmp_path: Path) -> None:
     report = await run_soak(requests=REQUESTS, workdir=tmp_path, concurrency=128, max_duration_s=150)
     print(report.summary())

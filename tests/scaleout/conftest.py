@@ -1,43 +1,22 @@
 """A real `redis-server` per test, on a free loopback port, that a test may kill and restart.
 
-`.ci/run` installs Debian's redis-server before the tests; when it is missing and the
-tests run as root with apt-get, the first fixture use installs it. Otherwise the
-tests fail with the reason: the Redis backend is a feature, not an optional extra.
+tests/run.sh installs Debian's redis-server; without it these tests fail, naming the install
+step: the Redis backend is a feature, not an optional extra.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 
 import pytest
 
 from tests.support.policies import free_port
-
-APT_TIMEOUT_S = 600
-
-
-@cache
-def _redis_server_binary() -> str:
-    path = shutil.which("redis-server")
-    if path is not None:
-        return path
-    if shutil.which("apt-get") and os.geteuid() == 0:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for command in (["apt-get", "update", "-qq"],
-                        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "redis-server"]):
-            subprocess.run(command, capture_output=True, env=env, timeout=APT_TIMEOUT_S, check=False)
-        path = shutil.which("redis-server")
-        if path is not None:
-            return path
-    pytest.fail("redis-server is not installed (apt-get install redis-server); the Redis backend tests need it")
+from tests.support.system import require
 
 
 @dataclass
@@ -53,7 +32,7 @@ class RedisServer:
     def start(self) -> None:
         assert self.proc is None
         self.proc = subprocess.Popen(
-            [_redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            [require("redis-server", "redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.directory), "--logfile", str(self.directory / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10

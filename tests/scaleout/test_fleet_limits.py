@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from router.mock import Ok
 from tests.scaleout.conftest import RedisServer
 from tests.scaleout.fleet import (
@@ -43,6 +45,7 @@ RUN_S = 5  # seconds of offered load in the Redis rate test
 # -- tests --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_four_routers_on_redis_admit_the_client_limit_together(
         redis_server: RedisServer, fake_provider: Any, tmp_path: Path) -> None:
     """Offered 2L/s for RUN_S s over 4 daemons: per window <= L*1.01 + B, total in [0.95 L T, L T 1.01 + B].
@@ -67,6 +70,7 @@ async def test_four_routers_on_redis_admit_the_client_limit_together(
     assert fake.total_hits == admitted
 
 
+@pytest.mark.slow
 async def test_four_routers_with_memory_state_admit_each_their_own_limit(
         fake_provider: Any, tmp_path: Path) -> None:
     """The baseline: without shared state each of the 4 daemons admits L, so the fleet admits ~4L.
@@ -94,6 +98,7 @@ SLOW_S = 0.7  # the provider's answer time
 ANSWER = "x" * 400  # completion: 100 tokens in the fake's usage
 
 
+@pytest.mark.slow
 async def test_token_limit_overshoot_is_bounded_by_in_flight_debt(
         redis_server: RedisServer, fake_provider: Any, tmp_path: Path) -> None:
     """Token limit across 4 daemons, with answers that use far more than the router reserved.

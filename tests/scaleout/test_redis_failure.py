@@ -101,6 +101,7 @@ async def test_dead_redis_costs_one_timeout_then_local_share_applies(
     assert sum(durations[1:]) < TIMEOUT_MS / 1000
 
 
+@pytest.mark.slow
 async def test_on_error_allow_and_deny(fake_provider: FakeProviderFactory) -> None:
     up = await fake_provider("up")
     url = f"redis://127.0.0.1:{free_port()}/0"

@@ -11,6 +11,8 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from router import Router
 from router.mock import Status
 from tests.conftest import FakeProviderFactory
@@ -77,6 +79,7 @@ async def test_a_throttle_on_one_replica_is_honoured_by_the_others(
         assert took is not None and time.monotonic() - throttled_at <= PROPAGATION_S + 0.1, took
 
 
+@pytest.mark.slow
 async def test_without_redis_the_other_replica_keeps_using_the_failed_provider(
         fake_provider: FakeProviderFactory) -> None:
     """The control: what the two tests above would see if nothing were shared."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from router.mock import FakeProvider
 from router.server.supervisor import MIN_UPTIME_S
@@ -123,6 +124,7 @@ async def test_both_workers_serve_and_metrics_cover_the_fleet(fake_provider: Any
     assert sum(s.value for s in samples) in set(fleet.values())
 
 
+@pytest.mark.slow
 async def test_memory_state_splits_the_client_limit_between_workers(fake_provider: Any, tmp_path: Path) -> None:
     """Each worker enforces L/2 (burst B/2): the fleet admits about L, not 2L, of 2L offered.
 
@@ -148,6 +150,7 @@ async def test_memory_state_splits_the_client_limit_between_workers(fake_provide
     assert all(n <= L / 2 * RUN_S * 1.01 + B / 2 for n in ok.values()), ok
 
 
+@pytest.mark.slow
 async def test_redis_state_shares_the_client_limit_between_workers(
         redis_server: RedisServer, fake_provider: Any, tmp_path: Path) -> None:
     """Both workers take from one Redis bucket: per window <= L*1.01 + B, total >= 0.95 L T.
@@ -171,6 +174,7 @@ async def test_redis_state_shares_the_client_limit_between_workers(
     assert set(ok) == {"0", "1"} and all(n > 0 for n in ok.values()) and sum(ok.values()) == admitted, ok
 
 
+@pytest.mark.slow
 async def test_sighup_reloads_every_worker_and_sigterm_stops_them_all(tmp_path: Path) -> None:
     """The demo provider (`mock:`) runs once, in the supervisor; signals reach every worker."""
     mock_url = f"http://127.0.0.1:{free_port()}/v1"
@@ -206,6 +210,7 @@ async def test_sighup_reloads_every_worker_and_sigterm_stops_them_all(tmp_path: 
         assert not [pid for pid in pids.values() if alive(pid)], "a worker outlived its supervisor"
 
 
+@pytest.mark.slow
 async def test_a_killed_worker_is_restarted_and_serving_resumes(fake_provider: Any, tmp_path: Path) -> None:
     fake = await fake_provider("fake")
     async with asyncio.timeout(45), supervisor(tmp_path, open_policy(fake)) as (sup,), \

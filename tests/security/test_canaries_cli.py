@@ -118,6 +118,7 @@ async def test_the_daemon_process_at_debug_level_leaks_nothing(spawn: Spawn, fak
     assert_provider_saw_only_its_own_key(gamma, GAMMA_KEY)
 
 
+@pytest.mark.slow
 async def test_startup_warnings_and_refusals(spawn: Spawn, fake_provider, watched_http: WatchedHttp) -> None:
     alpha = await fake_provider("alpha", api_key=ALPHA_KEY)
     open_mode = await spawn(policy_yaml(alpha, alpha, alpha, clients=False))
@@ -139,6 +140,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
                           cwd=REPO_ROOT, timeout=30, env={**BASE_ENV, **CANARY_ENV})
 
 
+@pytest.mark.slow
 def test_check_and_explain_print_no_secret(tmp_path: Path, leak_watch: LeakWatch) -> None:
     good = policy_yaml("https://alpha.example/v1", "https://beta.example/v1", "https://gamma.example/v1")
     good = good.replace("supports_prefill: true", "supports_prefill: true\n    headers: {X-Team: search-team}", 1)

@@ -228,6 +228,7 @@ async def test_stream_cut_continued_on_another_provider(deploy: Deploy) -> None:
 
 @pytest.mark.parametrize("fault", [Reset(), Reset(rst=False), Hang(), SlowFirstByte(5.0)],
                          ids=["rst", "fin", "hang", "slow"])
+@pytest.mark.slow
 async def test_transport_failures(deploy: Deploy, fault: object) -> None:
     d = await deploy(first_byte_s=0.3)
     d.alpha.set_default(fault)  # type: ignore[arg-type]

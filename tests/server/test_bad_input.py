@@ -29,6 +29,7 @@ async def still_serving(http: aiohttp.ClientSession, server: InProcessDaemon) ->
         assert health.status == 200, (health.status, await health.read(), dict(health.headers))
 
 
+@pytest.mark.slow
 async def test_a_stalled_body_is_answered_408_and_the_server_keeps_serving(
         daemon: DaemonFactory, fake_provider, http, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(handlers, "BODY_READ_TIMEOUT_S", 0.3)

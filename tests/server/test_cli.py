@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.server.helpers import chat_body
 from tests.support.daemon import REPO_ROOT
@@ -49,6 +50,14 @@ def test_check_accepts_a_good_file_and_lists_its_routes(tmp_path: Path) -> None:
     assert "'*:deepseek-chat-v3'" in result.stdout
 
 
+def test_python_dash_m_router_is_the_same_command(tmp_path: Path) -> None:
+    path = policy_file(tmp_path, GOOD)
+    result = subprocess.run([sys.executable, "-m", "router", "check", path], capture_output=True, text=True,
+                            cwd=REPO_ROOT, timeout=20, env={**os.environ, "AIMO_TEST_KEY": "k"})
+    assert result.returncode == 0, result.stderr
+    assert f"{path}: ok (2 providers, 2 routes, 0 clients)" in result.stdout
+
+
 def test_check_rejects_a_bad_file_naming_the_file_and_key_path(tmp_path: Path) -> None:
     path = policy_file(tmp_path, BAD)
 
@@ -80,6 +89,7 @@ def test_check_of_several_files_fails_if_any_fails(tmp_path: Path) -> None:
     assert f"{bad}: routes.chat.retry.max_attempts" in result.stderr
 
 
+@pytest.mark.slow
 def test_check_requires_key_variables_unless_skip_env(tmp_path: Path) -> None:
     path = policy_file(tmp_path, GOOD)
 

@@ -229,6 +229,7 @@ async def fuzz_raw(port: int, request: bytes) -> None:
 @settings(max_examples=150, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
+@pytest.mark.slow
 async def test_a_damaged_raw_request_never_gets_a_500_or_a_traceback(front: Front, http: aiohttp.ClientSession,
                                                                      data: st.DataObject) -> None:
     await fuzz_raw(front.port, data.draw(damaged(raw_valid_request(f"127.0.0.1:{front.port}")), label="request"))
@@ -247,6 +248,7 @@ async def process(cli_daemon: CliFactory, fake_provider) -> tuple[int, aiohttp.C
 @settings(max_examples=40, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
+@pytest.mark.slow
 async def test_the_router_process_keeps_serving_whatever_it_is_sent(process, http: aiohttp.ClientSession,
                                                                    data: st.DataObject) -> None:
     port, _ = process

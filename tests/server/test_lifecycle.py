@@ -67,6 +67,7 @@ async def refused_within(port: int, within_s: float) -> bool:
     return False
 
 
+@pytest.mark.slow
 async def test_sigterm_drains_in_flight_request_and_stream_then_exits_0(cli_daemon: CliFactory,
                                                                         fake_provider) -> None:
     slow, streamy = await fake_provider("slow"), await fake_provider("streamy")
@@ -113,6 +114,7 @@ async def test_sigterm_on_an_idle_daemon_exits_0_at_once(cli_daemon: CliFactory,
     assert time.monotonic() - signalled < 1.5
 
 
+@pytest.mark.slow
 async def test_sigint_drains_like_sigterm(cli_daemon: CliFactory, fake_provider) -> None:
     slow, streamy = await fake_provider("slow"), await fake_provider("streamy")
     slow.set_default(Ok(delay_s=0.5))
@@ -131,6 +133,7 @@ async def test_sigint_drains_like_sigterm(cli_daemon: CliFactory, fake_provider)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.slow
 async def test_a_second_signal_during_the_drain_does_not_cut_it(cli_daemon: CliFactory, fake_provider,
                                                                 sig: signal.Signals) -> None:
     """Ctrl-C or a group-wide SIGTERM under `--workers` reaches a worker twice (directly and from
@@ -154,6 +157,7 @@ async def test_a_second_signal_during_the_drain_does_not_cut_it(cli_daemon: CliF
     assert "Traceback" not in daemon.stderr()
 
 
+@pytest.mark.slow
 async def test_a_request_outliving_the_drain_timeout_does_not_hold_the_exit(cli_daemon: CliFactory,
                                                                             fake_provider) -> None:
     slow, streamy = await fake_provider("slow"), await fake_provider("streamy")
@@ -244,6 +248,7 @@ async def test_sighup_with_an_invalid_file_keeps_the_old_policy_serving(cli_daem
     assert 'llm_router_config_reloads_total{result="failure"} 1.0' in metrics
 
 
+@pytest.mark.slow
 async def test_an_in_flight_request_finishes_on_the_policy_it_started_with(cli_daemon: CliFactory,
                                                                            fake_provider) -> None:
     slow, streamy = await fake_provider("slow"), await fake_provider("streamy")
@@ -267,6 +272,7 @@ async def test_an_in_flight_request_finishes_on_the_policy_it_started_with(cli_d
     assert after.status == 404  # new requests see the new policy
 
 
+@pytest.mark.slow
 async def test_watch_picks_up_a_file_change_within_two_seconds(cli_daemon: CliFactory, fake_provider) -> None:
     slow, streamy = await fake_provider("slow"), await fake_provider("streamy")
     daemon = await cli_daemon(two_route_text(slow, streamy), "--watch")

@@ -245,6 +245,7 @@ async def test_sdk_sees_502_when_every_provider_fails(daemon: DaemonFactory, fak
     assert (aimo.count, asi1.count) == (1, 1)
 
 
+@pytest.mark.slow
 async def test_sdk_sees_504_when_the_deadline_passes_on_a_hanging_provider(daemon: DaemonFactory, fake_provider,
                                                                            sdk) -> None:
     aimo = await fake_provider("aimo")

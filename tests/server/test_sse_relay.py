@@ -79,6 +79,7 @@ async def test_headers_are_sent_only_after_the_first_upstream_event(daemon: Daem
     assert head_at >= 0.35  # nothing was committed before the first event existed
 
 
+@pytest.mark.slow
 async def test_client_disconnect_mid_stream_closes_the_upstream_within_a_second(
         daemon: DaemonFactory, fake_provider, http: aiohttp.ClientSession) -> None:
     primary, backup = await fake_provider("primary"), await fake_provider("backup")
@@ -99,6 +100,7 @@ async def test_client_disconnect_mid_stream_closes_the_upstream_within_a_second(
     assert (primary.count, backup.count) == (1, 0)  # no further attempt anywhere
 
 
+@pytest.mark.slow
 async def test_client_disconnect_while_waiting_for_a_silent_provider_cancels_it(
         daemon: DaemonFactory, fake_provider, http: aiohttp.ClientSession) -> None:
     primary, backup = await fake_provider("primary"), await fake_provider("backup")
@@ -120,6 +122,7 @@ async def test_client_disconnect_while_waiting_for_a_silent_provider_cancels_it(
     assert backup.count == 0
 
 
+@pytest.mark.slow
 async def test_client_disconnect_during_backoff_stops_all_further_attempts(
         daemon: DaemonFactory, fake_provider, http: aiohttp.ClientSession) -> None:
     primary, backup = await fake_provider("primary"), await fake_provider("backup")
@@ -214,6 +217,7 @@ async def test_a_malformed_event_is_skipped(daemon: DaemonFactory, fake_provider
         json.loads(data)  # only well-formed events reach the client
 
 
+@pytest.mark.slow
 async def test_failure_before_the_commit_point_fails_over_invisibly(daemon: DaemonFactory, fake_provider,
                                                                     http: aiohttp.ClientSession) -> None:
     primary, backup = await fake_provider("primary"), await fake_provider("backup")
@@ -259,6 +263,7 @@ async def test_a_cut_after_commit_continues_on_a_prefill_target_without_repeatin
 
 
 
+@pytest.mark.slow
 async def test_a_stream_that_stalls_after_commit_is_continued_elsewhere_after_one_idle_timeout(
         daemon: DaemonFactory, fake_provider, http: aiohttp.ClientSession) -> None:
     # Both providers accept a prefill, so the stalled one is still in the continuation's plan. A stall is

@@ -406,6 +406,7 @@ header_names = st.one_of(
 @given(code=st.integers(min_value=100, max_value=599),
        headers=st.dictionaries(header_names, header_values, max_size=6),
        body=bodies, continuation=st.booleans())
+@pytest.mark.slow
 def test_any_answer_yields_a_verdict(code: int, headers: dict[str, str], body: bytes,
                                      continuation: bool) -> None:
     verdict = classify_status(code, headers, body, now_wall=NOW, continuation=continuation)

@@ -101,6 +101,7 @@ def check_invariants(status: int, body: bytes, verdict: Verdict) -> None:
 
 @FUZZ
 @given(status=st.integers(100, 599), pairs=header_lists(), body=bodies, continuation=st.booleans())
+@pytest.mark.slow
 def test_the_verdict_fits_the_status_whatever_the_headers_and_body(status: int, pairs: list[tuple[str, str]],
                                                                    body: bytes, continuation: bool) -> None:
     headers = CIMultiDictProxy(CIMultiDict(pairs))
@@ -131,6 +132,7 @@ def test_the_verdict_fits_the_status_whatever_the_headers_and_body(status: int, 
 @FUZZ
 @given(payload=json_values | st.builds(lambda e: {"error": e}, error_objects), pairs=header_lists(),
        continuation=st.booleans())
+@pytest.mark.slow
 def test_an_error_inside_a_200_or_a_first_event_is_never_a_success(payload: object, pairs: list[tuple[str, str]],
                                                                    continuation: bool) -> None:
     verdict = classify_error_payload(payload, CIMultiDictProxy(CIMultiDict(pairs)), now_wall=NOW,

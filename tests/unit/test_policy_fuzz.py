@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -75,6 +76,7 @@ def test_yaml_ish_text_is_a_policy_or_a_policy_error(text: str) -> None:
 
 @FUZZ
 @given(structures)
+@pytest.mark.slow
 def test_random_structures_are_a_policy_or_a_policy_error(data: Any) -> None:
     accepts_or_rejects_cleanly(yaml.safe_dump(data, sort_keys=False))
     with contextlib.suppress(PolicyError):
@@ -114,6 +116,7 @@ def _mutate(data: Any, draw: Callable[[st.SearchStrategy[Any]], Any]) -> Any:
 
 @FUZZ
 @given(st.data())
+@pytest.mark.slow
 def test_mutated_default_policy_is_a_policy_or_a_policy_error(data: st.DataObject) -> None:
     mutated = copy.deepcopy(DEFAULT_POLICY)
     for _ in range(data.draw(st.integers(1, 3))):
@@ -247,6 +250,7 @@ def test_the_seed_policies_are_valid() -> None:
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(sorted(SEEDS)), st.data())
+@pytest.mark.slow
 def test_edge_values_anywhere_in_a_valid_policy_give_a_policy_or_an_error_at_a_key_path(
         seed: str, data: st.DataObject) -> None:
     document = copy.deepcopy(SEEDS[seed])
@@ -259,6 +263,7 @@ def test_edge_values_anywhere_in_a_valid_policy_give_a_policy_or_an_error_at_a_k
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(sorted(SEEDS)), st.data())
+@pytest.mark.slow
 def test_structural_mutations_of_every_seed_give_a_policy_or_an_error_at_a_key_path(
         seed: str, data: st.DataObject) -> None:
     mutated = copy.deepcopy(SEEDS[seed])

@@ -259,6 +259,7 @@ dump_styles = st.fixed_dictionaries({
 
 @settings(max_examples=300, deadline=None)
 @given(payload=request_objects(), style=dump_styles, new_model=models)
+@pytest.mark.slow
 def test_body_for_changes_only_the_model(payload: dict[str, Any], style: dict[str, Any], new_model: str) -> None:
     raw = json.dumps(payload, **style).encode()
     request = parse_chat_request(raw)

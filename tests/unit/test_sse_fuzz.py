@@ -100,6 +100,7 @@ def json_event_streams(draw: st.DrawFn) -> tuple[bytes, list[Any], list[int]]:
 
 @FUZZ
 @given(json_event_streams(), st.data())
+@pytest.mark.slow
 def test_a_cut_stream_yields_only_whole_events_whatever_the_chunking(
         sample: tuple[bytes, list[Any], list[int]], data: st.DataObject) -> None:
     stream, payloads, ends = sample

@@ -168,6 +168,7 @@ CASES = [
 
 @pytest.mark.parametrize("client", CLIENTS)
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+@pytest.mark.slow
 async def test_both_clients_give_the_same_verdict(case: Case, client: str, serve: ServerFactory,
                                                   make_transport: TransportFactory) -> None:
     server = await serve(case.script)
