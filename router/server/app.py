@@ -90,8 +90,8 @@ def create_app(router: Router, *, registry: CollectorRegistry | None = None,
             observer = PrometheusObserver(registry)
     elif registry is not None and registry is not observer.registry:
         raise ValueError("create_app: `registry` must be the observer's registry")
-    state = ServerContext(router=router, keys=ClientKeys(policy), metrics=observer)
-    app[CONTEXT] = state
+    context = ServerContext(router=router, keys=ClientKeys(policy), metrics=observer)
+    app[CONTEXT] = context
     routes: list[tuple[str, str, Handler]] = [
         ("POST", "/v1/chat/completions", handlers.chat_completions),  # guards itself (see `guarded`)
         ("GET", "/v1/models", guarded(handlers.models)),
@@ -108,7 +108,7 @@ def create_app(router: Router, *, registry: CollectorRegistry | None = None,
     # matches no route and gets aiohttp's plain 404, as unparseable requests get its plain 400.)
     app.router.add_route("*", "/{tail:.*}", _not_found, expect_handler=expect_continue)
 
-    if state.keys.open:
+    if context.keys.open:
         log.warning("no clients configured: the daemon accepts requests without a key (dev mode)")
 
     async def router_lifetime(app: web.Application) -> AsyncIterator[None]:

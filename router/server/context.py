@@ -1,4 +1,4 @@
-"""The daemon's typed application state."""
+"""What the daemon's handlers share: the router, the client keys, the metrics, the drain flag."""
 
 from __future__ import annotations
 

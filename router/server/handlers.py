@@ -85,11 +85,11 @@ class _AiohttpExchange:
 
 
 async def models(request: web.Request) -> web.Response:
-    state = request.app[CONTEXT]
-    client_name = state.keys.identify(request.headers)
-    if client_name is None and not state.keys.open:
+    context = request.app[CONTEXT]
+    client_name = context.keys.identify(request.headers)
+    if client_name is None and not context.keys.open:
         return error_response(401, "missing or invalid API key", code="invalid_api_key")
-    policy = state.router.policy
+    policy = context.router.policy
     client = policy.client_named(client_name) if client_name else None
     data = [{"id": name, "object": "model", "created": 0, "owned_by": "llm-router"}
             for name in policy.routes if client is None or client.may_use(name)]
@@ -101,15 +101,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    state = request.app[CONTEXT]
-    if state.draining:
+    context = request.app[CONTEXT]
+    if context.draining:
         return web.json_response({"status": "draining"}, status=503)
-    return web.json_response({"status": "ready", "policy": state.router.policy.source})
+    return web.json_response({"status": "ready", "policy": context.router.policy.source})
 
 
 async def metrics(request: web.Request) -> web.Response:
-    state = request.app[CONTEXT]
-    body, content_type = state.render_metrics()
-    if state.worker is not None and request.query.get("scope") != LOCAL_ONLY:
-        body = await fleet_metrics(state.worker, body)
+    context = request.app[CONTEXT]
+    body, content_type = context.render_metrics()
+    if context.worker is not None and request.query.get("scope") != LOCAL_ONLY:
+        body = await fleet_metrics(context.worker, body)
     return web.Response(body=body, headers={"Content-Type": content_type})

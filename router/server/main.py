@@ -70,22 +70,22 @@ def serve(*, config: str, host: str | None = None, port: int | None = None, watc
     return asyncio.run(run_daemon(policy, config, host, port, watch=watch, worker=info))
 
 
-def reload_policy(state: ServerContext, path: str) -> bool:
+def reload_policy(context: ServerContext, path: str) -> bool:
     """Validate the file and swap atomically; an invalid file leaves the old policy serving."""
     try:
         policy = load_policy(path)
-        state.router.reload(policy)
+        context.router.reload(policy)
     except PolicyError as exc:
         log.error("policy reload rejected, the previous policy keeps serving: %s", exc)
-        state.count_reload(False)
+        context.count_reload(False)
         return False
-    state.adopt()
-    state.count_reload(True)
+    context.adopt()
+    context.count_reload(True)
     log.info("policy reloaded from %s", path)
     return True
 
 
-async def _watch(path: str, state: ServerContext) -> None:
+async def _watch(path: str, context: ServerContext) -> None:
     def stamp() -> tuple[float, int] | None:
         try:
             info = os.stat(path)
@@ -99,10 +99,10 @@ async def _watch(path: str, state: ServerContext) -> None:
         current = stamp()
         if current is not None and current != last:
             last = current
-            reload_policy(state, path)
+            reload_policy(context, path)
 
 
-async def _drain(runner: web.AppRunner, state: ServerContext, timeout_s: float) -> None:
+async def _drain(runner: web.AppRunner, context: ServerContext, timeout_s: float) -> None:
     """Stop accepting connections, then give in-flight requests up to `timeout_s` to finish.
 
     aiohttp's own `shutdown_timeout` is not a drain bound: it waits that long, then only fails the
@@ -112,7 +112,7 @@ async def _drain(runner: web.AppRunner, state: ServerContext, timeout_s: float) 
     for site in list(runner.sites):
         await site.stop()
     close_idle_connections(runner)  # idle keep-alive connections: close now, not after the drain
-    pending = [task for task in state.in_flight if not task.done()]
+    pending = [task for task in context.in_flight if not task.done()]
     if pending and timeout_s > 0:
         await asyncio.wait(pending, timeout=timeout_s)
 
@@ -131,8 +131,8 @@ async def run_daemon(policy: Policy, path: str, host: str, port: int, *, watch: 
     router = Router(policy, observer=observer, limit_share=share)
     await router.start()
     app = create_app(router, observer=observer)
-    state = app[CONTEXT]
-    state.worker = worker
+    context = app[CONTEXT]
+    context.worker = worker
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=CANCEL_GRACE_S)
     await runner.setup()
     try:
@@ -151,14 +151,14 @@ async def run_daemon(policy: Policy, path: str, host: str, port: int, *, watch: 
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload_policy, state, path)
-    watcher = asyncio.create_task(_watch(path, state)) if watch else None
+    loop.add_signal_handler(signal.SIGHUP, reload_policy, context, path)
+    watcher = asyncio.create_task(_watch(path, context)) if watch else None
     if ready is not None:
         ready.set()
     try:
         await stop.wait()
     finally:
-        state.draining = True
+        context.draining = True
         log.info("draining: up to %gs for in-flight requests", router.policy.server.drain_timeout_s)
         # Stay deaf to further signals rather than fall back to their default action: under
         # `--workers`, Ctrl-C or a group-wide SIGTERM reaches a worker twice (directly and forwarded
@@ -169,7 +169,7 @@ async def run_daemon(policy: Policy, path: str, host: str, port: int, *, watch: 
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-        await _drain(runner, state, router.policy.server.drain_timeout_s)
+        await _drain(runner, context, router.policy.server.drain_timeout_s)
         await site.shutdown(CANCEL_GRACE_S)  # the fast front's leftovers, as runner.cleanup does aiohttp's
         await runner.cleanup()  # cancels whatever outlived the drain (and its upstream request)
         await stop_demo_providers(demo)
