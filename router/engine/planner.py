@@ -4,7 +4,7 @@ The planner sees the route's tiers, what this request has already tried, and a
 read-only view of shared health (breakers, throttles, quotas, in-flight counts).
 It never sleeps and never does I/O; the engine executes its decision.
 
-Rules (DESIGN.md 4.4):
+Rules (docs/architecture.md §4.2 and §4.4):
 - after a RETRY verdict, the same target again after full-jitter backoff, at most
   `max_attempts_per_target` times in one request; a switch to another target is
   immediate;

@@ -30,7 +30,7 @@ SYSTEMD_UNIT = DEPLOY / "systemd" / "llm-router.service"
 ALERTS_UNIT_TESTS = Path(__file__).resolve().parent / "alerts_test.yml"
 
 PORT = 8080
-# The public metric names (DESIGN.md section 6; README, Metrics). Dashboards and alerts may use no other.
+# The public metric names (docs/architecture.md §6; docs/metrics.md). Dashboards and alerts may use no other.
 EXPORTED_METRICS = frozenset(f"llm_router_{name}" for name in (
     "requests_total", "request_duration_seconds", "requests_in_flight",
     "upstream_attempts_total", "upstream_attempt_duration_seconds", "upstream_ttfb_seconds",

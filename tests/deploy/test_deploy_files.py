@@ -442,7 +442,7 @@ def test_dashboard_and_alerts_name_only_metrics_the_router_registers() -> None:
     registered = registered_metric_names()
     for source, names in referenced_metrics().items():
         assert names - registered == set(), f"{source} uses metrics router.observe.prometheus does not register"
-    assert registered == EXPORTED_METRICS, "the public list (README, DESIGN.md) and router.observe.prometheus disagree"
+    assert registered == EXPORTED_METRICS, "the public list (docs/metrics.md) and router.observe.prometheus disagree"
 
 
 # --- alerts ---------------------------------------------------------------------------------------

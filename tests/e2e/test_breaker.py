@@ -1,4 +1,4 @@
-"""Circuit breaker seen from the providers: ejection, single probes, recovery (DESIGN.md 4.6)."""
+"""Circuit breaker seen from the providers: ejection, single probes, recovery (docs/architecture.md §4.6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A caller that goes away cancels the upstream request and every later attempt (DESIGN.md 4.8)."""
+"""A caller that goes away cancels the upstream request and every later attempt (docs/architecture.md §4.8)."""
 
 from __future__ import annotations
 

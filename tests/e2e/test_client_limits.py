@@ -1,4 +1,4 @@
-"""Per-client limits at admission (DESIGN.md 4.1): refused or queued before any upstream attempt."""
+"""Per-client limits at admission (docs/architecture.md §4.1): refused or queued before any upstream attempt."""
 
 from __future__ import annotations
 

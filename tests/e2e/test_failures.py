@@ -1,4 +1,4 @@
-"""Provider failures: retry, failover and what reaches the caller (DESIGN.md 4.4-4.5).
+"""Provider failures: retry, failover and what reaches the caller (docs/architecture.md §4.4-4.5).
 
 Every count is taken at the fake providers.
 """

@@ -1,4 +1,4 @@
-"""What goes upstream and what comes back, byte for byte (DESIGN.md 2 and 4.3)."""
+"""What goes upstream and what comes back, byte for byte (docs/architecture.md §2 and §4.3)."""
 
 from __future__ import annotations
 

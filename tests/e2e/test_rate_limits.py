@@ -1,6 +1,6 @@
 """429 handling and provider quotas, observed at the fake providers.
 
-DESIGN.md 4.4: a 429 marks the provider throttled until Retry-After (or a backoff
+docs/architecture.md §4.4: a 429 marks the provider throttled until Retry-After (or a backoff
 when there is none); never an attempt on it earlier than that; the request waits for
 the preferred target only within `wait_for_preferred_s`, otherwise it fails over at
 once; with nothing left, 429 with Retry-After. New requests follow the same rule.

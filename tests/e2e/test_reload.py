@@ -1,4 +1,4 @@
-"""Reload swaps the policy atomically; routers share nothing (DESIGN.md 3 and 5)."""
+"""Reload swaps the policy atomically; routers share nothing (docs/architecture.md §3 and §5)."""
 
 from __future__ import annotations
 

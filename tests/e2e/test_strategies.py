@@ -1,4 +1,4 @@
-"""Choice inside a priority tier: `least_busy` and weighted split (DESIGN.md 4.2)."""
+"""Choice inside a priority tier: `least_busy` and weighted split (docs/architecture.md §4.2)."""
 
 from __future__ import annotations
 

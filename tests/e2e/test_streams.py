@@ -1,4 +1,4 @@
-"""Streams: free failover before the commit point, honesty after it (DESIGN.md 4.7)."""
+"""Streams: free failover before the commit point, honesty after it (docs/architecture.md §4.7)."""
 
 from __future__ import annotations
 

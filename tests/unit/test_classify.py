@@ -1,4 +1,5 @@
-"""The one classifier: every status, error body and transport failure becomes one Verdict (DESIGN 4.4)."""
+"""The one classifier: every status, error body and transport failure becomes one Verdict
+(docs/architecture.md §4.4)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ traces=..., loop=..., session=...)``. aiohttp 3.14 added a required keyword-only
 ``TypeError: ClientResponse.__init__() missing 1 required keyword-only argument:
 'stream_writer'`` (aioresponses issue #289, still open). aioresponses works with
 aiohttp 3.13.5, but aiohttp 3.14 carries security fixes, so the runtime is not pinned
-back (DESIGN.md section 8); the test side adapts instead.
+back (docs/architecture.md §9); the test side adapts instead.
 
 How: aioresponses accepts a ``response_class``. ``CompatResponse`` is a
 ``ClientResponse`` whose ``__init__`` supplies a stand-in stream writer when none is

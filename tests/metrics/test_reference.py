@@ -1,4 +1,4 @@
-"""The README's metrics section: its embedded-exporter example runs, and its table lists every metric."""
+"""The metrics reference (docs/metrics.md): its embedded-exporter example runs, and its table lists every metric."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import router.observe.prometheus
 from router.observe.prometheus import PrometheusObserver
 from tests.metrics.helpers import Scrape
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
+REPO = REFERENCE.parents[1]
 
 
 def _fetch(url: str) -> str:
@@ -23,9 +24,7 @@ def _fetch(url: str) -> str:
 
 
 def _section() -> str:
-    text = README.read_text(encoding="utf-8")
-    start = text.index("## Metrics\n")
-    return text[start:text.index("\n## ", start + 1)]
+    return REFERENCE.read_text(encoding="utf-8")
 
 
 def test_the_table_lists_every_exported_metric_with_its_type() -> None:
@@ -49,9 +48,9 @@ async def test_the_embedded_exporter_example_runs(monkeypatch: pytest.MonkeyPatc
         return started[-1]
 
     monkeypatch.setattr(router.observe.prometheus, "start_exporter", on_a_free_port)
-    monkeypatch.chdir(README.parent)
+    monkeypatch.chdir(REPO)
     namespace: dict[str, Any] = {}
-    exec(compile(source.group(1), str(README), "exec"), namespace)
+    exec(compile(source.group(1), str(REFERENCE), "exec"), namespace)
     server, thread = started[0]
     try:
         port = server.server_address[1]
