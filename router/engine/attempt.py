@@ -196,10 +196,12 @@ class Attempt:
 
         `measured=False`: `usage` is our own estimate (a stream without a usage chunk); it settles the
         reservations but is not reported as tokens used."""
+        call, engine = self.call, self._engine
         prompt, completion = usage_counts(usage)
+        if measured:  # what the access log shows, as the provider reported it
+            call.record.prompt_tokens, call.record.completion_tokens = prompt, completion
         if prompt is None:
             return
-        call, engine = self.call, self._engine
         actual = prompt + (completion or 0)
         ledger = call.snapshot.ledger
         quota = ledger.provider(self.target.provider).quota
@@ -212,7 +214,6 @@ class Attempt:
                 client_quota.adjust_tokens(actual - call.tokens_reserved)
             call.tokens_reserved = 0
         if measured:
-            call.record.prompt_tokens, call.record.completion_tokens = prompt, completion
             engine.observer.tokens_used(call.route.name, self.target.provider, prompt, completion or 0)
 
     # -- the one place a verdict changes health ------------------------------------------------

@@ -70,9 +70,6 @@ class RequestRecord:
             self.provider = provider if isinstance(provider, str) else None
         return self.finish(outcome_of(exc))
 
-    def record_usage(self, usage: object) -> None:
-        self.prompt_tokens, self.completion_tokens = usage_counts(usage)
-
 
 def outcome_of(exc: BaseException) -> str:
     """The closed-set outcome label of a request that ended with `exc`."""

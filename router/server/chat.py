@@ -145,7 +145,6 @@ async def _decide(context: ServerContext, exchange: Exchange, record: RequestRec
         result = await context.router.chat(chat, client=client, record=record)
     except RouterError as exc:
         return router_error_answer(record, request_id, exc)
-    record.record_usage(result.usage)
     headers = router_headers(record, request_id)
     headers["Content-Type"] = result.content_type
     return Answer(result.status, headers, record, result.body)
