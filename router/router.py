@@ -180,14 +180,15 @@ class Router:
                     raise InvalidRequest(f"unknown client `{client_name}`")
                 if not client.may_use(route.name):
                     raise RouteNotAllowed(client.name, route.name)
+            now = self._clock.monotonic()
             call = Call(snapshot=snapshot, route=route, tiers=snapshot.tiers[route.name], request=request,
-                        record=record, deadline=self._clock.monotonic() + route.deadline_s)
+                        record=record, deadline=now + route.deadline_s)
             if client is not None:
                 await self._take_client_limits(call, client)
         except BaseException as exc:
             record.fail(exc)
             raise
-        snapshot.ledger.budget.record_request(self._clock.monotonic())
+        snapshot.ledger.budget.record_request(now)
         return call
 
     def _finished(self, call: Call, outcome: str | BaseException) -> None:

@@ -6,13 +6,13 @@ request from the provider's quota) and hands out the `Attempt`. The JSON path, t
 path and a stream's continuation all use it the same way:
 
     async for attempt in engine.attempts(call):
-        async with attempt:
+        with attempt:
             reply = await attempt.send(body, stream=False)
             ...
             attempt.check(verdict)      # a verdict that is not a success ends the attempt
         return result
 
-How an attempt ends, all decided in `__aexit__`:
+How an attempt ends, all decided in `__exit__` (a plain `with`: leaving the block awaits nothing):
 
 - the block finishes: a success, recorded as such;
 - a `TransportError` is classified here (`classify_exception`), recorded and swallowed, and so is
@@ -70,17 +70,23 @@ class _Phase(enum.Enum):
     ENDED = "ended"
 
 
-async def admit(engine: Engine, call: Call, go: Go) -> Attempt | None:
-    """The breaker's permit and the provider's quota for `go.target`, or None (and the target is out
-    of this request's plan) when it became unavailable since it was planned."""
-    ledger = call.snapshot.ledger
-    breaker = ledger.breaker(go.target)
+def acquire_permit(engine: Engine, call: Call, go: Go) -> Permit | None:
+    """The breaker's permit for `go.target`, or None (and the target is out of this request's plan)
+    when it became unavailable since it was planned."""
+    breaker = call.snapshot.ledger.breaker(go.target)
     permit = breaker.acquire(engine.clock.monotonic()) or (breaker.force_acquire() if go.forced else None)
     if permit is None:
         call.progress.excluded.add(go.target.key)
-        return None
+    return permit
+
+
+async def admit(engine: Engine, call: Call, go: Go, permit: Permit) -> Attempt | None:
+    """One request (and the token estimate) from the provider's quota, then the attempt; None (the
+    permit handed back, the target out of this request's plan) when the quota is empty."""
+    ledger = call.snapshot.ledger
     quota = ledger.provider(go.target.provider).quota
     if quota is not None:
+        breaker = ledger.breaker(go.target)
         try:
             wait, _ = await quota.take(call.request.token_estimate, 0.0)
         except BaseException:
@@ -91,6 +97,11 @@ async def admit(engine: Engine, call: Call, go: Go) -> Attempt | None:
             call.progress.excluded.add(go.target.key)
             return None
     return Attempt(engine, call, go.target, permit)
+
+
+def has_quota(call: Call, go: Go) -> bool:
+    """Whether admitting `go.target` takes from a provider quota (which may wait on a shared backend)."""
+    return call.snapshot.ledger.provider(go.target.provider).quota is not None
 
 
 class Attempt:
@@ -144,18 +155,17 @@ class Attempt:
         self._record(self._verdict, self._permit)
         self._phase = _Phase.COMMITTED
 
-    async def __aenter__(self) -> Attempt:
+    def __enter__(self) -> Attempt:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        traceback: TracebackType | None) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> bool:
         if self._phase is not _Phase.SENDING:
             if exc is not None and self._phase is _Phase.COMMITTED:
                 self.abandon(exc)
             return False
         if exc is None:
-            self._record(self._verdict, self._permit)
-            self._report(str(self._verdict.reason))
+            self._report(str(self._verdict.reason), self._record(self._verdict, self._permit))
             self._close()
             return False
         if isinstance(exc, AttemptFailed):
@@ -165,8 +175,7 @@ class Attempt:
         else:
             self.abandon(exc)
             return False
-        self._record(failure.verdict, self._permit)
-        self._report(str(failure.verdict.reason))
+        self._report(str(failure.verdict.reason), self._record(failure.verdict, self._permit))
         self._close()
         self.failure = failure
         return True
@@ -176,9 +185,7 @@ class Attempt:
         """A committed stream ended: complete (a success verdict), or cut, stalled or errored."""
         if self._phase is not _Phase.COMMITTED:
             return
-        if not verdict.ok:
-            self._record(verdict, _LATE, late=True)
-        self._report(str(verdict.reason))
+        self._report(str(verdict.reason), self._record(verdict, _LATE, late=True) if not verdict.ok else None)
         self._close()
 
     def abandon(self, exc: BaseException | None = None) -> None:
@@ -217,7 +224,7 @@ class Attempt:
             engine.observer.tokens_used(call.route.name, self.target.provider, prompt, completion or 0)
 
     # -- the one place a verdict changes health ------------------------------------------------
-    def _record(self, verdict: Verdict, permit: Permit, *, late: bool = False) -> None:
+    def _record(self, verdict: Verdict, permit: Permit, *, late: bool = False) -> float:
         """Feed a verdict to the breaker, the throttle, the provider's quota and the request's progress.
         `late`: the verdict of a stream after its commit, whose attempt was already counted."""
         engine, call, target = self._engine, self.call, self.target
@@ -266,11 +273,14 @@ class Attempt:
             quota = ledger.provider(provider).quota
             if quota is not None:
                 quota.adjust_tokens(-call.request.token_estimate)
+        return now
 
-    def _report(self, outcome: str) -> None:
+    def _report(self, outcome: str, now: float | None = None) -> None:
         engine = self._engine
-        engine.observer.attempt_finished(self.call.route.name, self.target.provider, outcome,
-                                         engine.clock.monotonic() - self.started, self.ttfb)
+        if now is None:
+            now = engine.clock.monotonic()
+        engine.observer.attempt_finished(self.call.route.name, self.target.provider, outcome, now - self.started,
+                                         self.ttfb)
 
     def _close(self) -> None:
         self._phase = _Phase.ENDED

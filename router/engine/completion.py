@@ -51,7 +51,7 @@ async def complete(engine: Engine, call: Call) -> ChatResult:
     """Run the attempts of a non-streaming request until one answers; raises the final error otherwise."""
     request = call.request
     async for attempt in engine.attempts(call):
-        async with attempt:
+        with attempt:
             reply = await attempt.send(request.body_for(attempt.upstream_model), stream=False)
             body = await reply.read()
             payload = parse_json_object(body) if 200 <= reply.status < 300 else None

@@ -14,9 +14,10 @@ Composition order, for every request (chat or stream):
   the observer and the request's progress.
 - decide: plan again, spending the retry budget for anything after attempt 1.
 
-`Engine.attempts(call)` is that loop as an async iterator of `Attempt`s (the shape of
-stamina's `retry_context`). Between attempts it is tenacity's `AsyncRetrying`: our plan is
-its retry/wait/stop, so every delay goes through tenacity's wait and the injected sleep.
+`Engine.attempts(call)` is that loop as an async iterator of `Attempt`s, in the shape of
+stamina's `retry_context` (`async for attempt in ...: with attempt: ...`). Between attempts
+it is tenacity's `AsyncRetrying`: our plan is its retry/wait/stop, so every delay goes
+through tenacity's wait and the injected sleep.
 The first attempt runs without tenacity, because that costs ~30 µs a request and most
 requests succeed at once; its failure is replayed into tenacity.
 """
@@ -29,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from tenacity import AsyncRetrying, RetryCallState
 
 from router.clock import Clock
-from router.engine.attempt import SKIPPED, Attempt, AttemptFailed, admit
+from router.engine.attempt import SKIPPED, Attempt, AttemptFailed, acquire_permit, admit, has_quota
 from router.engine.call import Call
 from router.engine.classify import Action, Reason, Verdict
 from router.engine.planner import Decision, GiveUp, Go, plan
@@ -145,25 +146,37 @@ class Attempts:
             if current.failure is None:
                 raise StopAsyncIteration  # the caller went on after a success or a commit
             self._pending, self._current = current.failure, None
+        engine, call = self._engine, self._call
         while True:
-            go = await self._next_target()
-            attempt = await admit(self._engine, self._call, go)
-            if attempt is not None:
-                self._current = attempt
-                return attempt
+            go = self._first() if self._pending is None and self._retrying is None else None
+            if go is None:
+                go = await self._next_target()
+            permit = acquire_permit(engine, call, go)
+            if permit is not None:
+                # Most providers have no quota: the attempt starts without another await.
+                attempt = await admit(engine, call, go, permit) if has_quota(call, go) \
+                    else Attempt(engine, call, go.target, permit)
+                if attempt is not None:
+                    self._current = attempt
+                    return attempt
             self._pending = AttemptFailed(SKIPPED, go.target, counted=False)
 
+    def _first(self) -> Go | None:
+        """The first decision of this loop: a target to try now, or None after arranging to wait."""
+        engine, call = self._engine, self._call
+        decision = engine.decide(call)
+        self._decision = decision
+        if isinstance(decision, GiveUp):
+            raise engine.final_error(call, decision, None)
+        if decision.delay <= 0:
+            return decision
+        self._pending = _Delayed()  # tenacity does the waiting
+        return None
+
     async def _next_target(self) -> Go:
+        """After a failed (or skipped, or delayed) try: decide through tenacity, which sleeps as decided."""
         engine, call = self._engine, self._call
         pending = self._pending
-        if pending is None and self._retrying is None:  # the first decision of this loop
-            decision = engine.decide(call)
-            self._decision = decision
-            if isinstance(decision, GiveUp):
-                raise engine.final_error(call, decision, None)
-            if decision.delay <= 0:
-                return decision
-            pending = _Delayed()  # tenacity does the waiting
         if isinstance(pending, AttemptFailed) and pending.counted:
             self._last_failure = pending
         self._pending = None

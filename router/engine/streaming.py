@@ -149,7 +149,7 @@ class ChatStream:
         engine, call = self._engine, self._require_call()
         request, prefill = call.request, self._prefill
         async for attempt in engine.attempts(call):
-            async with attempt:
+            with attempt:
                 model = attempt.upstream_model
                 body = request.body_for(model) if prefill is None else request.continuation_body(model, prefill)
                 reply = await attempt.send(body, stream=True)
