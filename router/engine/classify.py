@@ -21,6 +21,7 @@ from router.upstream.errors import (
     FirstTokenTimeout,
     IdleTimeout,
     InvalidResponse,
+    ResponseTooLarge,
     TransportError,
 )
 
@@ -204,6 +205,8 @@ def classify_exception(exc: BaseException) -> Verdict:
         return Verdict(Action.FAILOVER, Reason.STREAM_STALL, breaker_failure=True, message=str(exc))
     if isinstance(exc, BodyCut):
         return Verdict(Action.RETRY, Reason.STREAM_CUT, breaker_failure=True, message=str(exc))
+    if isinstance(exc, ResponseTooLarge):
+        return Verdict(Action.FAILOVER, Reason.INVALID_RESPONSE, breaker_failure=True, message=str(exc))
     if isinstance(exc, InvalidResponse):
         return Verdict(Action.RETRY, Reason.INVALID_RESPONSE, breaker_failure=True, message=str(exc))
     raise exc

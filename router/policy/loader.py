@@ -288,6 +288,7 @@ class _Builder:
             "mock": f.optional(_mock),
             "allow_link_local": f.boolean,
             "http_client": lambda raw, p: f.choice(raw, p, ("fast", "aiohttp")),
+            "max_response_bytes": lambda raw, p: f.integer(raw, p, ge=1024),
         }
         given = f.fields(f.mapping(value, path), path, parsers, required=("base_url",))
         if not given.get("allow_link_local", False):

@@ -78,6 +78,9 @@ class Provider:
     allow_link_local: bool = False  # base_url may be a link-local or cloud-metadata address
     # `fast`: the router's own HTTP/1.1 client (router/upstream/http1/); `aiohttp`: aiohttp's ClientSession.
     http_client: str = "fast"
+    # The most an answer may hold, counted after decompression: a provider's gzip bomb or endless body
+    # fails over instead of filling the router's memory.
+    max_response_bytes: int = 32 * 1024 * 1024
 
     @property
     def chat_url(self) -> str:

@@ -1,6 +1,11 @@
 """`http_client: aiohttp`: aiohttp's ClientSession, for a provider the lean client does not get along with.
 
 aiohttp's exceptions are translated into the transport's own failures here and nowhere else.
+
+aiohttp retries a request whose kept-alive connection the server had closed only for idempotent
+methods, and every request here is a POST. So this client notes (with aiohttp's tracing) whether
+a request went out on a reused connection, and sends it once more on a fresh one when that
+connection died before any byte of the answer, as the fast client does.
 """
 
 from __future__ import annotations
@@ -8,46 +13,65 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import aiohttp
+from aiohttp import http_exceptions
 from yarl import URL
 
 from router.errors import RouterError
 from router.policy.model import Provider
 from router.upstream.client import KEEPALIVE_S, STREAM_ACCEPT, provider_headers
-from router.upstream.errors import BodyCut, ConnectFailed, ConnectionLost
+from router.upstream.errors import BodyCut, ConnectFailed, ConnectionLost, ResponseTooLarge
 
 _BODY_ERRORS = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError)
 
 
-class _AiohttpTarget:
-    __slots__ = ("connect_timeout", "headers", "url")
+def _over_a_header_limit(cause: BaseException | None) -> bool:
+    """aiohttp's parser refused the head for its size: a line over 8,190 bytes, or over 128 fields.
+    (Its client re-raises the parser's LineTooLong or BadHttpMessage as an HttpProcessingError.)"""
+    if not isinstance(cause, http_exceptions.HttpProcessingError):
+        return False
+    message = cause.message or ""
+    return message.startswith("Got more than") or message.startswith("Too many headers")
 
-    def __init__(self, url: URL, headers: dict[str, str], connect_timeout: aiohttp.ClientTimeout) -> None:
+
+class _AiohttpTarget:
+    __slots__ = ("connect_timeout", "headers", "limit", "url")
+
+    def __init__(self, url: URL, headers: dict[str, str], connect_timeout: aiohttp.ClientTimeout, limit: int) -> None:
         self.url = url
         self.headers = headers
         self.connect_timeout = connect_timeout
+        self.limit = limit
 
 
 class _AiohttpBody:
-    """aiohttp's ClientResponse seen through the `Body` interface."""
+    """aiohttp's ClientResponse seen through the `Body` interface, at most `limit` bytes of it."""
 
-    __slots__ = ("_response", "headers", "status")
+    __slots__ = ("_left", "_limit", "_response", "headers", "status")
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, limit: int) -> None:
         self._response = response
+        self._limit = limit
+        self._left = limit
         self.status = response.status
         self.headers: Mapping[str, str] = response.headers
 
     async def readany(self) -> bytes:
         try:
-            return await self._response.content.readany()
+            data = await self._response.content.readany()
         except _BODY_ERRORS as exc:
             raise BodyCut(f"connection lost mid-body ({type(exc).__name__})") from exc
+        self._left -= len(data)
+        if self._left < 0:
+            self._response.close()
+            raise ResponseTooLarge(f"response body over max_response_bytes ({self._limit})")
+        return data
 
     async def read(self) -> bytes:
-        try:
-            return await self._response.read()
-        except _BODY_ERRORS as exc:
-            raise BodyCut(f"connection lost mid-body ({type(exc).__name__})") from exc
+        # Piece by piece rather than aiohttp's read(), which would hold a decompression bomb whole.
+        parts = []
+        while data := await self.readany():
+            parts.append(data)
+        return b"".join(parts)
 
     def at_eof(self) -> bool:
         return self._response.content.at_eof()
@@ -63,14 +87,35 @@ class _AiohttpBody:
         self._response.close()
 
 
+class _Reuse:
+    """Per request: set by aiohttp's tracing when the request goes out on a pooled connection."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen = False
+
+
+async def _on_reuse(session: aiohttp.ClientSession, context: object,
+                    params: aiohttp.TraceConnectionReuseconnParams) -> None:
+    reuse = getattr(context, "trace_request_ctx", None)
+    if isinstance(reuse, _Reuse):
+        reuse.seen = True
+
+
+_STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
+
 class AiohttpClient:
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._fresh: aiohttp.ClientSession | None = None  # new connections only: the retry after a stale one
         self._closed = False
 
     def prepare(self, provider: Provider) -> _AiohttpTarget:
         return _AiohttpTarget(URL(provider.chat_url), provider_headers(provider),
-                              aiohttp.ClientTimeout(total=None, sock_connect=provider.timeouts.connect_s))
+                              aiohttp.ClientTimeout(total=None, sock_connect=provider.timeouts.connect_s),
+                              provider.max_response_bytes)
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -78,9 +123,18 @@ class AiohttpClient:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=KEEPALIVE_S,
                                              ttl_dns_cache=300)
+            tracing = aiohttp.TraceConfig()
+            tracing.on_connection_reuseconn.append(_on_reuse)
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
-                                                  timeout=aiohttp.ClientTimeout(total=None))
+                                                  timeout=aiohttp.ClientTimeout(total=None),
+                                                  trace_configs=[tracing])
         return self._session
+
+    def _fresh_session(self) -> aiohttp.ClientSession:
+        if self._fresh is None:
+            self._fresh = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=0),
+                                                auto_decompress=True, timeout=aiohttp.ClientTimeout(total=None))
+        return self._fresh
 
     async def post(self, prepared: object, body: bytes, request_id: str, stream: bool,
                    connect_s: float) -> _AiohttpBody:
@@ -93,9 +147,17 @@ class AiohttpClient:
         timeout = prepared.connect_timeout
         if connect_s < (timeout.sock_connect or 0.0):  # the deadline is nearer than the provider's limit
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=max(connect_s, 1e-3))
+        reuse = _Reuse()
         try:
-            response = await session.post(prepared.url, data=body, headers=headers, allow_redirects=False,
-                                          timeout=timeout)
+            try:
+                response = await session.post(prepared.url, data=body, headers=headers, allow_redirects=False,
+                                              timeout=timeout, trace_request_ctx=reuse)
+            except _STALE:
+                if not reuse.seen:
+                    raise
+                # The provider closed the kept-alive connection while it was idle: once more, on a new one.
+                response = await self._fresh_session().post(prepared.url, data=body, headers=headers,
+                                                             allow_redirects=False, timeout=timeout)
         except aiohttp.ConnectionTimeoutError:
             raise ConnectFailed("connect timeout", timed_out=True) from None
         except TimeoutError:
@@ -105,13 +167,16 @@ class AiohttpClient:
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, OSError) as exc:
             raise ConnectionLost(f"connection lost before headers ({type(exc).__name__})") from None
         except (aiohttp.ClientResponseError, aiohttp.ClientPayloadError) as exc:
+            if _over_a_header_limit(exc.__cause__):
+                raise ResponseTooLarge(f"response head over aiohttp's limits ({exc.__cause__})") from None
             raise ConnectionLost(f"malformed response ({type(exc).__name__})") from None
         except aiohttp.ClientError as exc:
             raise ConnectFailed(f"client error ({type(exc).__name__})") from None
-        return _AiohttpBody(response)
+        return _AiohttpBody(response, prepared.limit)
 
     async def aclose(self) -> None:
         self._closed = True
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._fresh):
+            if session is not None:
+                await session.close()
+        self._session = self._fresh = None

@@ -29,6 +29,11 @@ class ConnectionLost(TransportError):
     """The connection closed or reset before the response headers arrived."""
 
 
+class StaleConnection(ConnectionLost):
+    """A kept-alive connection died before any byte of the answer: the provider had closed it while it
+    was idle. The client sends the request once more on a fresh connection, within the same attempt."""
+
+
 class FirstByteTimeout(TransportError):
     """Connected, but no response headers within `first_byte_s`."""
 
@@ -47,3 +52,8 @@ class BodyCut(TransportError):
 
 class InvalidResponse(TransportError):
     """A 2xx whose body is not the JSON or SSE it should be."""
+
+
+class ResponseTooLarge(InvalidResponse):
+    """The answer went over a limit: `max_response_bytes` (after decompression), or the header limits
+    (a field over 8,190 bytes, more than 128 fields). It would likely do so again: fail over."""

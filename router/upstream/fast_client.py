@@ -14,16 +14,18 @@ from yarl import URL
 from router.policy.model import Provider
 from router.upstream import http1
 from router.upstream.client import KEEPALIVE_S, provider_headers
+from router.upstream.errors import StaleConnection
 
 _ACCEPT_LINES = {True: b"Accept: text/event-stream\r\n", False: b"Accept: */*\r\n"}  # built once, not per request
 
 
 class _FastTarget:
-    __slots__ = ("head", "pool")
+    __slots__ = ("head", "limit", "pool")
 
-    def __init__(self, pool: http1.Pool, head: bytes) -> None:
+    def __init__(self, pool: http1.Pool, head: bytes, limit: int) -> None:
         self.pool = pool
         self.head = head
+        self.limit = limit
 
 
 class FastClient:
@@ -49,16 +51,26 @@ class FastClient:
         if not url.is_default_port():
             host_header += f":{port}"
         headers = {**provider_headers(provider), "Accept-Encoding": "gzip, deflate"}
-        return _FastTarget(pool, http1.request_head("POST", url.raw_path_qs, host_header, headers.items()))
+        return _FastTarget(pool, http1.request_head("POST", url.raw_path_qs, host_header, headers.items()),
+                           provider.max_response_bytes)
 
     async def post(self, prepared: object, body: bytes, request_id: str, stream: bool,
                    connect_s: float) -> http1.Response:
         assert isinstance(prepared, _FastTarget)
-        connection = await prepared.pool.acquire(connect_s)
         head = b"%bX-Request-ID: %b\r\n%bContent-Length: %d\r\n\r\n" % (
             prepared.head, request_id.encode(), _ACCEPT_LINES[stream], len(body))
+        loop = asyncio.get_running_loop()
+        connection = await prepared.pool.acquire(connect_s)
         try:
-            return await connection.send(head, body, asyncio.get_running_loop())
+            return await connection.send(head, body, loop, prepared.limit)
+        except StaleConnection:
+            pass  # the provider closed it while idle, before reading the request: once more, on a new one
+        except BaseException:
+            connection.close()
+            raise
+        connection = await prepared.pool.acquire(connect_s, fresh=True)
+        try:
+            return await connection.send(head, body, loop, prepared.limit)
         except BaseException:
             connection.close()
             raise

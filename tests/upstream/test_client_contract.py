@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import random
 import socket
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -47,9 +49,9 @@ EVENTS = [json.dumps({"choices": [{"delta": {"content": f"t{i}"}}]}) for i in ra
 SSE = b"".join(b"data: " + e.encode() + b"\n\n" for e in EVENTS) + b"data: [DONE]\n\n"
 
 
-def provider(base_url: str, client: str) -> Provider:
+def provider(base_url: str, client: str, *, max_response_bytes: int = 32 * 1024 * 1024) -> Provider:
     return Provider("aimo", base_url, api_key="sk-contract-key-0123", headers=MappingProxyType({}),
-                    timeouts=TIMEOUTS, http_client=client)  # type: ignore[arg-type]
+                    timeouts=TIMEOUTS, http_client=client, max_response_bytes=max_response_bytes)
 
 
 Verdict = tuple[object, ...]
@@ -299,3 +301,114 @@ async def test_concurrent_requests_each_get_their_own_answer_while_some_answers_
                 assert body == own, request_id
             else:  # its own answer, or a failed attempt: never another request's answer or a trailer
                 assert body in (own, None), request_id
+
+
+# -- connections the provider closes ----------------------------------------------------------------------
+
+def close_after_each_answer() -> Handler:
+    """Keep-alive promised (HTTP/1.1, no `Connection: close`), then the connection closed at once."""
+    async def handle(request: Request, peer: Peer) -> None:
+        peer.writer.write(response(echo(request)))
+        await peer.writer.drain()
+        peer.writer.close()
+
+    return handle
+
+
+def close_when_idle(idle_s: float) -> Handler:
+    """Answer, then close the connection if no next request arrives within `idle_s` (a provider's
+    keep-alive timeout), racing the client's next request."""
+    async def handle(request: Request, peer: Peer) -> None:
+        peer.writer.write(response(echo(request)))
+        await peer.writer.drain()
+        count = len(peer.requests)
+        await asyncio.sleep(idle_s)
+        if len(peer.requests) == count:
+            peer.writer.close()
+
+    return handle
+
+
+async def requests_in_a_row(transport: HttpTransport, prov: Provider, count: int, prefix: str,
+                            gap_s: Callable[[int], float] = lambda _: 0.0) -> list[str]:
+    """Send `count` requests one after the other; the ids of those that did not get their own answer."""
+    failed = []
+    for n in range(count):
+        request_id = f"{prefix}-{n}"
+        try:
+            if await echoed(transport, prov, request_id) != json.dumps({"id": request_id}).encode():
+                failed.append(request_id)
+        except TransportError as exc:
+            failed.append(f"{request_id}: {exc!r}")
+        if gap := gap_s(n):
+            await asyncio.sleep(gap)
+    return failed
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_a_provider_that_closes_after_every_answer_costs_no_attempt(
+        client: str, serve: ServerFactory, make_transport: TransportFactory) -> None:
+    server = await serve(close_after_each_answer())
+    prov = provider(server.base_url, client)
+    assert await requests_in_a_row(make_transport(prov), prov, 1000, "closing") == []
+    assert len(server.requests) == 1000  # nothing was sent twice to the provider
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_a_provider_that_closes_idle_connections_costs_no_attempt(
+        client: str, serve: ServerFactory, make_transport: TransportFactory) -> None:
+    # Ten clients, each waiting around the provider's keep-alive timeout between its requests, so that
+    # many requests are written to a connection the provider is closing at that moment.
+    idle_s = 0.02
+    server = await serve(close_when_idle(idle_s))
+    prov = provider(server.base_url, client)
+    transport = make_transport(prov)
+    rng = random.Random(1)
+    gaps = [[rng.uniform(0.5 * idle_s, 1.5 * idle_s) for _ in range(100)] for _ in range(10)]
+    failures = await asyncio.gather(*(requests_in_a_row(transport, prov, 100, f"w{w}", lambda n, w=w: gaps[w][n])
+                                      for w in range(10)))
+    assert [failure for batch in failures for failure in batch] == []
+    assert len(server.requests) == 1000
+
+
+# -- answers over a limit -----------------------------------------------------------------------------------
+
+LIMIT = 64 * 1024
+_BOMB = gzip.compress(b"\0" * (8 * 1024 * 1024))  # 8 KiB that inflate to 8 MiB
+OVER_LIMIT = [
+    Case("a gzip bomb", answer(response(_BOMB, "200 OK", "Content-Encoding: gzip")), failed("invalid_response")),
+    Case("a body over the limit", answer(response(b"x" * (LIMIT + 1))), failed("invalid_response")),
+    Case("a body over the limit, framed by the connection's end",
+         close_after(head("Content-Type: application/json"), b"x" * (LIMIT + 1)), failed("invalid_response")),
+    Case("a chunked body over the limit",
+         answer(head("Transfer-Encoding: chunked"), *[chunk(b"x" * 4096)] * 17, LAST_CHUNK),
+         failed("invalid_response")),
+    Case("a stream over the limit", answer(chunked_head(), *[chunk(b"data: " + b"x" * 4000 + b"\n\n")] * 17,
+                                           LAST_CHUNK), failed("invalid_response"), stream=True),
+    Case("a gzipped stream over the limit",
+         answer(chunked_head("Content-Encoding: gzip"), chunk(gzip.compress(b"data: " + b"y" * LIMIT + b"\n\n")),
+                LAST_CHUNK), failed("invalid_response"), stream=True),
+    Case("a header over 8,190 bytes", answer(head(f"X-Big: {'a' * 8186}", "Content-Length: 0")),
+         failed("invalid_response")),
+    Case("more than 128 header fields", answer(head(*[f"X-{i}: v" for i in range(129)], "Content-Length: 0")),
+         failed("invalid_response")),
+    Case("a header line of 1 MiB, never ended", stall_after(b"HTTP/1.1 200 OK\r\nX-Big: ", b"a" * (1 << 20)),
+         failed("invalid_response")),
+]
+AT_THE_LIMIT = [
+    Case("a body of exactly the limit", answer(response(b"x" * LIMIT)), ok(b"x" * LIMIT)),
+    Case("a gzipped body of exactly the limit", answer(response(gzip.compress(b"z" * LIMIT), "200 OK",
+                                                                "Content-Encoding: gzip")), ok(b"z" * LIMIT)),
+    Case("128 headers of 8,190 bytes", answer(head(*[f"X-{i:03d}: {'v' * 8185}" for i in range(127)],
+                                                        "Content-Length: 2") + b"ok"), ok(b"ok")),
+]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("case", OVER_LIMIT + AT_THE_LIMIT, ids=[case.name for case in OVER_LIMIT + AT_THE_LIMIT])
+async def test_both_clients_hold_an_answer_to_the_same_limits(case: Case, client: str, serve: ServerFactory,
+                                                               make_transport: TransportFactory) -> None:
+    server = await serve(case.script)
+    prov = provider(server.base_url, client, max_response_bytes=LIMIT)
+    assert await verdict(make_transport(prov), prov, stream=case.stream) == case.expect

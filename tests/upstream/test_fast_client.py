@@ -503,10 +503,10 @@ async def test_idle_connection_closed_by_the_server_is_not_reused_once_the_close
     assert len(server.peers) == 2
 
 
-async def test_a_send_racing_the_servers_idle_close_is_connection_lost_and_the_next_send_reconnects(
-        serve: ServerFactory, make_transport: TransportFactory) -> None:
-    # The client is not retried on a fresh connection: a request written to a connection whose FIN
-    # is still in flight fails (typed), and the one after it connects anew.
+async def test_a_send_racing_the_servers_idle_close_goes_out_again_on_a_new_connection(
+        serve: ServerFactory, make_transport: TransportFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The provider closed the idle connection, and the client's loop has not read the FIN yet. The
+    # check before reuse sees it (the socket is readable): the request goes out on a new connection.
     server = await serve(answer(response()))
     prov = provider(server.base_url)
     transport = make_transport(prov)
@@ -516,10 +516,37 @@ async def test_a_send_racing_the_servers_idle_close_is_connection_lost_and_the_n
     server.peers[0].writer.close()
     await server.peers[0].writer.wait_closed()
     assert not connection.closed  # closed on the server; the client's loop has not read the FIN yet
-    with pytest.raises(ConnectionLost):
-        await transport.send(outgoing(prov))
     assert await (await transport.send(outgoing(prov))).read() == COMPLETION
-    assert len(server.peers) == 2
+    assert connection.closed
+    assert len(server.peers) == 2 and len(server.requests) == 2
+
+
+async def test_a_reused_connection_that_dies_before_any_byte_is_retried_once_on_a_new_one(
+        serve: ServerFactory, make_transport: TransportFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without the check before reuse (as if the FIN came a moment later), the request is written to
+    # the dead connection; it fails before any byte of the answer, and goes out once more on a new one.
+    monkeypatch.setattr(http1.Connection, "is_stale", lambda self: self.closed)
+    server = await serve(answer(response()))
+    prov = provider(server.base_url)
+    transport = make_transport(prov)
+    assert await (await transport.send(outgoing(prov))).read() == COMPLETION
+    server.peers[0].writer.close()
+    await server.peers[0].writer.wait_closed()
+    assert await (await transport.send(outgoing(prov))).read() == COMPLETION
+    assert len(server.peers) == 2 and len(server.requests) == 2
+
+
+async def test_a_new_connection_that_dies_before_any_byte_is_not_sent_again(
+        serve: ServerFactory, make_transport: TransportFactory) -> None:
+    # A fresh connection that fails may have delivered the request: sending it again could run it twice.
+    async def close_at_once(request: Request, peer: Peer) -> None:
+        peer.writer.close()
+
+    server = await serve(close_at_once)
+    prov = provider(server.base_url)
+    with pytest.raises(ConnectionLost):
+        await make_transport(prov).send(outgoing(prov))
+    assert len(server.requests) == 1
 
 
 async def test_a_stream_closed_before_its_end_is_not_reused(serve: ServerFactory,

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import select
 import zlib
 from typing import TYPE_CHECKING
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from router.upstream.errors import BodyCut, ConnectionLost
+from router.upstream.errors import BodyCut, ConnectionLost, ResponseTooLarge, StaleConnection, TransportError
 from router.upstream.http1.response import Response
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 
 # Read-side back-pressure: stop reading from the provider while this much is buffered and unread.
 HIGH_WATER = 256 * 1024
+# A compressed body is inflated at most this much at a time (a gzip bomb inflates a thousandfold).
+DECODE_STEP = 256 * 1024
 # Bodies up to this size are sent in the same write as the head (one send, one packet when it fits).
 JOIN_LIMIT = 64 * 1024
 # finish(): how long, and how many bytes, the rest of an answer the caller no longer needs may take
@@ -43,6 +46,13 @@ JOIN_LIMIT = 64 * 1024
 # chunked terminator, a few bytes that arrive a moment later.
 DRAIN_S = 2.0
 DRAIN_LIMIT = 64 * 1024
+# aiohttp's limits on an answer's head, so the two clients accept the same heads: a header's name and
+# value together (or the status line) of at most 8,190 bytes, at most 128 fields. llhttp hands a header to its
+# callback only once it is complete (httptools gathers it in memory meanwhile), so a line still
+# growing is measured as it arrives, and the head as a whole is bounded too.
+MAX_LINE_BYTES = 8190
+MAX_FIELDS = 128
+MAX_HEAD_BYTES = (MAX_FIELDS + 2) * (MAX_LINE_BYTES + 2)
 
 
 class State(enum.Enum):
@@ -58,10 +68,14 @@ class _Unexpected(Exception):
     """Raised inside the parser's callbacks: the bytes are not a valid answer to our request."""
 
 
+class _TooLarge(Exception):
+    """Raised inside the parser's callbacks: the answer went over a limit."""
+
+
 class Connection(asyncio.Protocol):
-    __slots__ = ("_decoder", "_drain_timer", "_drained", "_head", "_headers", "_keep_alive", "_paused", "_pool",
-                 "_put_back_after_read", "_reusable", "_until_eof", "idle_since", "parser", "response", "state",
-                 "transport")
+    __slots__ = ("_body_bytes", "_decoder", "_drain_timer", "_drained", "_head", "_head_bytes", "_headers",
+                 "_keep_alive", "_limit", "_line_bytes", "_paused", "_pool", "_put_back_after_read", "_received",
+                 "_reusable", "_until_eof", "idle_since", "parser", "response", "reused", "state", "transport")
 
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
@@ -78,6 +92,12 @@ class Connection(asyncio.Protocol):
         self._paused = False
         self._reusable = True  # False once anything unexpected was seen: never pooled again
         self._put_back_after_read = False
+        self._received = False  # a byte of the current answer arrived
+        self._limit = 0  # the most the current answer's body may hold, decoded
+        self._body_bytes = 0
+        self._head_bytes = 0
+        self._line_bytes = 0  # the head's unfinished line so far
+        self.reused = False  # the current exchange runs on a connection that served an earlier one
         self._drained = 0
         self._drain_timer: asyncio.TimerHandle | None = None
 
@@ -86,13 +106,18 @@ class Connection(asyncio.Protocol):
         return self.state is State.CLOSED
 
     # -- one exchange ----------------------------------------------------------------------------
-    def send(self, head: bytes, body: bytes, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Response]:
-        """Write the request; the returned future resolves to the Response once its head arrived."""
+    def send(self, head: bytes, body: bytes, loop: asyncio.AbstractEventLoop,
+             limit: int = 32 * 1024 * 1024) -> asyncio.Future[Response]:
+        """Write the request; the returned future resolves to the Response once its head arrived.
+        `limit`: the most the answer's body may hold once decoded (ResponseTooLarge beyond it)."""
         assert self.state is State.IDLE, self.state
         transport = self.transport
         assert transport is not None
         self.state = State.AWAITING_HEAD
         self.response = None
+        self._received = False
+        self._limit = limit
+        self._body_bytes = self._head_bytes = self._line_bytes = 0
         self._headers = []
         self._decoder = None
         self._head = future = loop.create_future()
@@ -142,6 +167,21 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def is_stale(self) -> bool:
+        """An idle connection that must not be reused: closed, or its socket readable (the provider's
+        close, or bytes nobody asked for, that the event loop has not read yet). httpcore checks a
+        pooled connection the same way."""
+        if self.state is not State.IDLE or self.transport is None or self.transport.is_closing():
+            return True
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
     def resume_reading(self) -> None:
         if self._paused and self.transport is not None and self.state is not State.CLOSED:
             self._paused = False
@@ -160,6 +200,9 @@ class Connection(asyncio.Protocol):
             return
         if state is State.CLOSED:
             return
+        self._received = True
+        if state is State.AWAITING_HEAD:
+            self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -167,9 +210,20 @@ class Connection(asyncio.Protocol):
             return
         except httptools.HttpParserError as exc:
             context = exc.__context__
+            if isinstance(context, _TooLarge):
+                self._fail(ResponseTooLarge(str(context)))
+                return
             detail = str(context) if isinstance(context, _Unexpected) else f"invalid HTTP response ({exc})"
             self._fail(ConnectionLost(f"malformed response ({detail})"))
             return
+        if self.state is State.AWAITING_HEAD:  # all of this read was head: a line still growing counts now
+            newline = data.rfind(b"\n")
+            self._line_bytes = self._line_bytes + len(data) if newline < 0 else len(data) - newline - 1
+            # (A raw line also holds `: ` and its CR, which aiohttp's limit leaves out.)
+            if self._line_bytes > MAX_LINE_BYTES + 3 or self._head_bytes > MAX_HEAD_BYTES:
+                self._fail(ResponseTooLarge(f"response head over its limits ({MAX_LINE_BYTES} bytes a line, "
+                                            f"{MAX_HEAD_BYTES} in all)"))
+                return
         if self._put_back_after_read:  # the drained answer ended in this read, and nothing followed it
             self._put_back_after_read = False
             self._finish_drain()
@@ -184,7 +238,8 @@ class Connection(asyncio.Protocol):
             self._fail(ConnectionLost("connection closed by the router"), body_detail="closed by the router")
         else:
             detail = f"{type(exc).__name__}" if exc is not None else "closed by the provider"
-            self._fail(ConnectionLost(f"connection lost before the head ({detail})"), body_detail=detail)
+            error = StaleConnection if self.reused and not self._received else ConnectionLost
+            self._fail(error(f"connection lost before the head ({detail})"), body_detail=detail)
         self._cancel_drain_timer()
         self.state = State.CLOSED
 
@@ -194,14 +249,15 @@ class Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         pass
 
-    def _fail(self, head_error: ConnectionLost, *, body_detail: str | None = None) -> None:
+    def _fail(self, head_error: TransportError, *, body_detail: str | None = None) -> None:
         """The connection is done for; whoever waits on it learns why. An answer that already ended
         stays as it is."""
         head = self._head
         if head is not None and not head.done():
             head.set_exception(head_error)
         if self.response is not None:
-            self.response.fail(BodyCut(f"connection lost mid-body ({body_detail or head_error})"))
+            self.response.fail(head_error if isinstance(head_error, ResponseTooLarge)
+                               else BodyCut(f"connection lost mid-body ({body_detail or head_error})"))
         self.close()
 
     # -- httptools callbacks ---------------------------------------------------------------------
@@ -212,7 +268,12 @@ class Connection(asyncio.Protocol):
             raise _Unexpected("bytes after the complete answer")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        headers = self._headers
+        if len(name) + len(value) > MAX_LINE_BYTES:  # aiohttp counts the name and the value, not ": "
+            raise _TooLarge(f"a response header line over {MAX_LINE_BYTES} bytes")
+        if len(headers) >= MAX_FIELDS:
+            raise _TooLarge(f"more than {MAX_FIELDS} response header fields")
+        headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -244,15 +305,27 @@ class Connection(asyncio.Protocol):
         response = self.response
         if response is None or self.state is not State.READING:
             return
-        if self._decoder is not None:
-            try:
-                body = self._decoder.decompress(body)
-            except zlib.error as exc:
-                response.fail(BodyCut(f"body does not decode ({exc})"))
-                raise _Unexpected("body does not decode") from None
-            if not body:
-                return
-        if response.feed(body) > HIGH_WATER and not self._paused and self.transport is not None:
+        decoder = self._decoder
+        if decoder is None:
+            self._take(response, body)
+            return
+        try:
+            # In bounded pieces: one compressed read can inflate a thousandfold.
+            while body:
+                piece = decoder.decompress(body, DECODE_STEP)
+                body = decoder.unconsumed_tail
+                if piece:
+                    self._take(response, piece)
+        except zlib.error as exc:
+            response.fail(BodyCut(f"body does not decode ({exc})"))
+            raise _Unexpected("body does not decode") from None
+
+    def _take(self, response: Response, data: bytes) -> None:
+        """Decoded body bytes for the reader: within the limit, paused once too much waits unread."""
+        self._body_bytes += len(data)
+        if self._body_bytes > self._limit:
+            raise _TooLarge(f"response body over max_response_bytes ({self._limit})")
+        if response.feed(data) > HIGH_WATER and not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
 
@@ -275,7 +348,7 @@ class Connection(asyncio.Protocol):
                 response.fail(BodyCut(f"body does not decode ({exc})"))
                 raise _Unexpected("body does not decode") from None
             if tail:
-                response.feed(tail)
+                self._take(response, tail)
         self.state = State.COMPLETE
         response.end()
 

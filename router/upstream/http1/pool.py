@@ -24,13 +24,16 @@ class Pool:
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
 
-    async def acquire(self, connect_timeout: float) -> Connection:
-        """A reused idle connection, or a new one within `connect_timeout` (ConnectFailed otherwise)."""
+    async def acquire(self, connect_timeout: float, *, fresh: bool = False) -> Connection:
+        """A reused idle connection (unless `fresh`), or a new one within `connect_timeout` (ConnectFailed
+        otherwise). An idle connection the provider closed, or sent anything on, is closed instead."""
         idle = self._idle
-        while idle:
+        while idle and not fresh:
             connection = idle.pop()
-            if not connection.closed:
+            if not connection.is_stale():
+                connection.reused = True
                 return connection
+            connection.close()
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(connect_timeout):

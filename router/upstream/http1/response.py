@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from multidict import CIMultiDictProxy
 
-from router.upstream.errors import BodyCut
+from router.upstream.errors import ResponseTooLarge, TransportError
 
 if TYPE_CHECKING:
     from router.upstream.http1.connection import Connection
@@ -30,7 +30,7 @@ class Response:
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._ended = False
-        self._error: BodyCut | None = None
+        self._error: TransportError | None = None
         self._waiter: asyncio.Future[None] | None = None
 
     @property
@@ -39,11 +39,12 @@ class Response:
         return self._buffered
 
     async def readany(self) -> bytes:
-        """The next piece of the body, b"" once it is complete; BodyCut if it broke off."""
+        """The next piece of the body, b"" once it is complete; BodyCut if it broke off,
+        ResponseTooLarge past `max_response_bytes`."""
         chunks = self._chunks
         while not chunks:
             if self._error is not None:
-                raise self._error
+                raise self._error.with_traceback(None)  # a fresh traceback: no frames kept from earlier raises
             if self._ended:
                 return b""
             waiter = self._waiter = asyncio.get_running_loop().create_future()
@@ -58,10 +59,24 @@ class Response:
         return data
 
     async def read(self) -> bytes:
-        parts = []
-        while data := await self.readany():
-            parts.append(data)
-        return b"".join(parts)
+        """The whole body, joined once at its end (an answer over the limit is never joined)."""
+        parts: list[bytes] = []
+        chunks = self._chunks
+        while True:
+            if chunks:
+                parts += chunks
+                chunks.clear()
+                self._buffered = 0
+                self._connection.resume_reading()
+            if self._error is not None:
+                raise self._error.with_traceback(None)  # a fresh traceback: no frames kept from earlier raises
+            if self._ended:
+                return b"".join(parts)
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
 
     def at_eof(self) -> bool:
         return self._ended and not self._chunks
@@ -90,9 +105,12 @@ class Response:
         self._ended = True
         self._wake()
 
-    def fail(self, exc: BodyCut) -> None:
+    def fail(self, exc: TransportError) -> None:
         if not self._ended and self._error is None:
             self._error = exc
+            if isinstance(exc, ResponseTooLarge):  # what arrived is of no use and may be large
+                self._chunks.clear()
+                self._buffered = 0
             self._wake()
 
     def _wake(self) -> None:
