@@ -61,11 +61,18 @@ async def complete(engine: Engine, call: Call) -> ChatResult:
             attempt.settle(payload.get("usage"))
         if attempt.failure is None:  # the block ran to its end: recorded as a success
             return ChatResult(body=body, status=reply.status,
-                              content_type=reply.headers.get("Content-Type", "application/json"),
+                              content_type=_content_type(reply.headers.get("Content-Type")),
                               provider=attempt.target.provider, model=attempt.upstream_model,
                               attempts=call.progress.attempts, request_id=request.request_id,
                               route=call.route.name, _payload=payload)
     raise AssertionError("the attempts end with a result or the final error")
+
+
+def _content_type(value: str | None) -> str:
+    """The provider's Content-Type if it is printable ASCII (it is relayed as a header); else JSON's."""
+    if value and value.isascii() and value.isprintable():
+        return value
+    return "application/json"
 
 
 def parse_json_object(body: bytes) -> dict[str, Any] | None:

@@ -137,6 +137,13 @@ CASES = [
          ok()),
     Case("interim 100 and 103 before the answer",
          answer(b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", response()), ok()),
+    Case("framed by the connection's end, Transfer-Encoding: identity",
+         close_after(head("Content-Type: application/json", "Transfer-Encoding: identity") + COMPLETION), ok()),
+    Case("raw deflate (no zlib header), as some servers send it",
+         answer(response(zlib.compress(COMPLETION)[2:-4], "200 OK", "Content-Encoding: deflate")), ok()),
+    Case("a header folded over two lines (obs-fold)",
+         answer(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Folded: one\r\n two\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(COMPLETION) + COMPLETION), ok()),
     Case("an error status is a reply", answer(response(b'{"error": {}}', "503 Service Unavailable")),
          ok(b'{"error": {}}', 503)),
     Case("a redirect is returned, not followed",
@@ -412,3 +419,27 @@ async def test_both_clients_hold_an_answer_to_the_same_limits(case: Case, client
     server = await serve(case.script)
     prov = provider(server.base_url, client, max_response_bytes=LIMIT)
     assert await verdict(make_transport(prov), prov, stream=case.stream) == case.expect
+
+
+def trickle(*pieces: bytes, gap_s: float) -> Handler:
+    async def handle(request: Request, peer: Peer) -> None:
+        for piece in pieces:
+            peer.writer.write(piece)
+            await peer.writer.drain()
+            await asyncio.sleep(gap_s)
+
+    return handle
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_idle_s_bounds_each_gap_in_a_body_not_the_whole_body(
+        client: str, serve: ServerFactory, make_transport: TransportFactory) -> None:
+    # idle_s is 0.3 s: five pieces 0.15 s apart take 0.6 s in all, and every gap is within it.
+    body = response(b"x" * 500)
+    pieces = [body[i:i + len(body) // 5 + 1] for i in range(0, len(body), len(body) // 5 + 1)]
+    server = await serve(trickle(*pieces, gap_s=TIMEOUTS.idle_s / 2))
+    prov = provider(server.base_url, client)
+    assert await verdict(make_transport(prov), prov, stream=False) == ok(b"x" * 500)
+    server.handler = trickle(pieces[0], pieces[1], gap_s=TIMEOUTS.idle_s * 2)  # then one gap of 0.6 s
+    assert await verdict(make_transport(prov), prov, stream=False) == failed("stream_stall")

@@ -75,18 +75,25 @@ class _TooLarge(Exception):
 class Connection(asyncio.Protocol):
     __slots__ = ("_body_bytes", "_decoder", "_drain_timer", "_drained", "_head", "_head_bytes", "_headers",
                  "_keep_alive", "_limit", "_line_bytes", "_paused", "_pool", "_put_back_after_read", "_received",
-                 "_reusable", "_until_eof", "idle_since", "parser", "response", "reused", "state", "transport")
+                 "_reusable", "_sniff", "_until_eof", "idle_since", "parser", "response", "reused", "state",
+                 "transport")
 
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
+        # aiohttp's response parser is as lenient, and the two clients must accept the same answers:
+        # folded headers (obs-fold) and other odd header bytes (NUL is still refused, in on_header),
+        # a bare LF as a line end, spaces after a chunk size.
+        self.parser.set_dangerous_leniencies(lenient_headers=True, lenient_optional_cr_before_lf=True,
+                                             lenient_spaces_after_chunk_size=True)
         self.state = State.IDLE
         self.response: Response | None = None
         self.idle_since = 0.0
         self._head: asyncio.Future[Response] | None = None
         self._headers: list[tuple[str, str]] = []
         self._decoder: zlib._Decompress | None = None
+        self._sniff = False  # the first body bytes decide between zlib and raw deflate
         self._keep_alive = False
         self._until_eof = False
         self._paused = False
@@ -120,6 +127,7 @@ class Connection(asyncio.Protocol):
         self._body_bytes = self._head_bytes = self._line_bytes = 0
         self._headers = []
         self._decoder = None
+        self._sniff = False
         self._head = future = loop.create_future()
         if len(body) <= JOIN_LIMIT:
             transport.write(head + body)
@@ -273,6 +281,8 @@ class Connection(asyncio.Protocol):
             raise _TooLarge(f"a response header line over {MAX_LINE_BYTES} bytes")
         if len(headers) >= MAX_FIELDS:
             raise _TooLarge(f"more than {MAX_FIELDS} response header fields")
+        if b"\0" in value:  # lenient parsing lets it through; aiohttp refuses it, and so do we
+            raise _Unexpected("a NUL byte in a response header")
         headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
@@ -282,12 +292,16 @@ class Connection(asyncio.Protocol):
             return
         headers = CIMultiDict(self._headers)
         self._keep_alive = self.parser.should_keep_alive()
-        self._until_eof = "Content-Length" not in headers and "Transfer-Encoding" not in headers
+        # No length and no chunking (no Transfer-Encoding, or one that does not end in `chunked`, such
+        # as `identity`): the body ends where the connection does.
+        self._until_eof = "Content-Length" not in headers and \
+            not headers.get("Transfer-Encoding", "").strip().lower().endswith("chunked")
         encoding = headers.get("Content-Encoding", "").strip().lower()
         if encoding in ("gzip", "x-gzip"):
             self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
         elif encoding == "deflate":
             self._decoder = zlib.decompressobj()
+            self._sniff = True  # zlib-wrapped, as the RFC says, or raw deflate, as some servers send
         elif encoding not in ("", "identity"):
             raise _Unexpected(f"unsupported Content-Encoding {encoding!r}")
         response = self.response = Response(self, status, CIMultiDictProxy(headers))
@@ -309,6 +323,10 @@ class Connection(asyncio.Protocol):
         if decoder is None:
             self._take(response, body)
             return
+        if self._sniff and body:
+            self._sniff = False
+            if body[0] & 0x0F != 8:  # not a zlib header (compression method 8): raw deflate, as aiohttp reads it
+                decoder = self._decoder = zlib.decompressobj(-zlib.MAX_WBITS)
         try:
             # In bounded pieces: one compressed read can inflate a thousandfold.
             while body:
