@@ -121,7 +121,9 @@ class Router:
         """A non-streaming chat completion. Raises RateLimited, NoTargetAvailable, UpstreamError,
         InvalidRequest (UnknownRoute, RouteNotAllowed).
 
-        `record`: a server's record of this request, made when it was received (see `new_record`)."""
+        `record`: a server's record of this request, made when it was received (see `new_record`). A
+        failure finishes it here; a success is the server's to finish, once the answer is delivered."""
+        delivered_here = record is None
         record = record or self.new_record(client)
         try:
             request = _as_request(body, request_id)
@@ -136,7 +138,8 @@ class Router:
         except BaseException as exc:
             self._finished(call, exc)
             raise
-        self._finished(call, SUCCESS)
+        if delivered_here:
+            self._finished(call, SUCCESS)
         return result
 
     def stream(self, body: Body, *, client: str | None = None, request_id: str | None = None,

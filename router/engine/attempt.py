@@ -138,6 +138,8 @@ class Attempt:
         reply = await self._engine.transport.send(outgoing)
         self._reply = reply
         self.ttfb = self._engine.clock.monotonic() - self.started
+        if getattr(reply, "resent", False):
+            self._engine.observer.upstream_resent(self.target.provider)
         return reply
 
     def check(self, verdict: Verdict, body: bytes = b"") -> None:
@@ -171,6 +173,8 @@ class Attempt:
         if isinstance(exc, AttemptFailed):
             failure = exc
         elif isinstance(exc, TransportError):
+            if exc.resent:
+                self._engine.observer.upstream_resent(self.target.provider)
             failure = AttemptFailed(classify_exception(exc), self.target)
         else:
             self.abandon(exc)

@@ -160,6 +160,9 @@ class PrometheusObserver:
                                   ["provider", "target"])
         self._malformed = _Family(counter, "llm_router_malformed_events_total",
                                   "Stream events that were not JSON objects, skipped.", ["provider"])
+        self._resends = _Family(counter, "llm_router_upstream_resends_total",
+                                "Requests sent once more on a fresh connection, within one attempt, because the "
+                                "kept-alive connection died before any byte of the answer.", ["provider"])
         self._tokens = _Family(counter, "llm_router_tokens_total",
                                "Tokens the providers reported in `usage`, by kind.", ["route", "provider", "kind"])
         self._backend_errors = _Family(counter, "llm_router_state_backend_errors_total",
@@ -171,7 +174,7 @@ class PrometheusObserver:
             self._requests, self._request_duration, self._in_flight, self._attempts, self._attempt_duration,
             self._ttfb, self._chunk_gap, self._retries, self._failovers, self._budget_exhausted,
             self._client_limited, self._provider_throttled, self._breaker_state, self._ejections, self._malformed,
-            self._tokens, self._backend_errors, self._reloads, build_info]))
+            self._resends, self._tokens, self._backend_errors, self._reloads, build_info]))
         # Hot hooks: the children they update, under the hook's own arguments (no tuple for one label).
         self._in_flight_by_route: dict[str, list[float]] = {}
         self._request_children: dict[tuple[str, str, str], tuple[list[float], list[float], list[float]]] = {}
@@ -258,6 +261,9 @@ class PrometheusObserver:
 
     def malformed_event(self, provider: str) -> None:
         self._malformed.child((provider,))[0] += 1
+
+    def upstream_resent(self, provider: str) -> None:
+        self._resends.child((provider,))[0] += 1
 
     # -- beyond the engine: the daemon and the state backend --------------------------------------
     def count_reload(self, ok: bool) -> None:

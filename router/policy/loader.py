@@ -126,6 +126,9 @@ _server = f.block(ServerPolicy, {
     "port": lambda value, path: f.integer(value, path, ge=0, le=65535),
     "max_body_bytes": lambda value, path: f.integer(value, path, ge=1024),
     "drain_timeout_s": f.non_negative,
+    "head_timeout_s": f.positive,
+    "keepalive_s": f.positive,
+    "max_connections": f.at_least_one,
 })
 
 

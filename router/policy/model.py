@@ -175,6 +175,9 @@ class ServerPolicy:
     port: int = 8080
     max_body_bytes: int = 4 * 1024 * 1024
     drain_timeout_s: float = 30.0
+    head_timeout_s: float = 10.0  # a request head must be complete within this (slowloris)
+    keepalive_s: float = 75.0  # a keep-alive connection with no request for this long is closed
+    max_connections: int = 10_000  # open client connections; one more is refused with a 503
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,12 @@ behaviour test far away.
   `runner.cleanup()` stops it; it sets `BaseSite._server` and reads `_runner` and `_backlog`.
 - `close_idle_connections`: `web.Server.pre_shutdown()`, which closes idle keep-alive
   connections at the start of a drain rather than after it.
+- `watched_handler_factory`: aiohttp's own protocol for the connections the fast front hands
+  over, with what aiohttp lacks: a request head must be complete within `head_timeout_s` (aiohttp
+  waits forever for a head that trickles in), and the fast front hears when the connection ends
+  (for `server.max_connections`). It subclasses `web_protocol.RequestHandler`, reads its
+  `_request_count` (requests parsed) and `_waiter` (pending while it waits for the next request),
+  and builds it as `web.Server.__call__` does, from `Server._loop` and `Server._kwargs`.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from aiohttp import web
+from aiohttp import web, web_protocol
 
 SUPPORTED = ((3, 13), (4, 0))  # [low, high): pyproject.toml's aiohttp range
 
@@ -74,3 +80,59 @@ def close_idle_connections(runner: web.AppRunner) -> None:
     """Close aiohttp's idle keep-alive connections now (busy ones finish their request first)."""
     if runner.server is not None:
         runner.server.pre_shutdown()
+
+
+class _WatchedHandler(web_protocol.RequestHandler):
+    __slots__ = ("_armed_at", "_head_timeout_s", "_head_timer", "_on_lost")
+
+    def __init__(self, server: web.Server, head_timeout_s: float, on_lost: Callable[[], None],
+                 **kwargs: object) -> None:
+        super().__init__(server, **kwargs)  # type: ignore[arg-type]
+        self._head_timeout_s = head_timeout_s
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._armed_at = 0  # requests parsed when the timer started: one more, and the head came in time
+        self._on_lost = on_lost
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm()  # the head the fast front handed over must be complete within the limit too
+
+    def data_received(self, data: bytes) -> None:
+        parsed = self._request_count
+        super().data_received(data)
+        if self._request_count > parsed:
+            self._disarm()  # a whole head arrived
+        elif self._head_timer is None and self._waiter is not None and not self._waiter.done():
+            self._arm()  # the first bytes of the next request's head
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._armed_at = self._request_count
+        self._head_timer = self._loop.call_later(self._head_timeout_s, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._request_count == self._armed_at:
+            self.force_close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+        self._on_lost()
+
+
+def watched_handler_factory(runner: web.AppRunner, head_timeout_s: float,
+                            on_lost: Callable[[], None]) -> Callable[[], asyncio.Protocol]:
+    """aiohttp's protocol for one connection, with a head timeout and an end-of-connection callback."""
+    server = runner.server
+    assert server is not None, "the runner is not set up"
+
+    def make() -> asyncio.Protocol:
+        return _WatchedHandler(server, head_timeout_s, on_lost, loop=server._loop, **server._kwargs)
+
+    return make

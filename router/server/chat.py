@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Protocol
 
-from router.engine.outcome import CANCELLED, INTERNAL_ERROR, RequestRecord
+from router.engine.outcome import CANCELLED, INTERNAL_ERROR, SUCCESS, RequestRecord
 from router.errors import InvalidRequest, RouterError, StreamInterrupted
 from router.observe.observer import UNKNOWN_ROUTE
 from router.request import ChatRequest, clean_request_id, parse_chat_request
@@ -78,6 +78,7 @@ async def serve_chat(context: ServerContext, exchange: Exchange) -> None:
         if answer.stream is not None:  # committed: its head goes out with the first event
             access.ttfb_ms = round((time.monotonic() - received) * 1000, 3)
         await exchange.send(answer)
+        record.finish(SUCCESS)  # a JSON answer delivered (every other ending was decided already)
     except asyncio.CancelledError:
         record.finish(CANCELLED)  # the client went away (a stream whose [DONE] was handed over stays a success)
         raise
@@ -88,7 +89,7 @@ async def serve_chat(context: ServerContext, exchange: Exchange) -> None:
         raise asyncio.CancelledError from None
     except Exception as exc:  # a bug: the client gets a 500 if nothing was sent yet, else a cut answer
         log.error("internal error serving %s %s: %s: %s", exchange.method, exchange.path, type(exc).__name__, exc)
-        record.finish(INTERNAL_ERROR)
+        record.finish(INTERNAL_ERROR)  # (a stream past its [DONE] stays a success)
         if exchange.started:
             exchange.abort()
         else:

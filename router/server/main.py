@@ -133,7 +133,8 @@ async def run_daemon(policy: Policy, path: str, host: str, port: int, *, watch: 
     app = create_app(router, observer=observer)
     context = app[CONTEXT]
     context.worker = worker
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=CANCEL_GRACE_S)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=CANCEL_GRACE_S,
+                           keepalive_timeout=policy.server.keepalive_s)
     await runner.setup()
     try:
         site = FrontSite(runner, host, port, reuse_port=worker is not None or None)

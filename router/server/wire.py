@@ -1,9 +1,10 @@
 """HTTP/1.1 bytes for the fast front: recognise the one request shape it serves, and write answers.
 
 `parse_head` is a recogniser, not a general parser: it accepts only a plain
-`POST /v1/chat/completions HTTP/1.1` head with a Content-Length body, printable ASCII header
-lines and no header that changes the framing or the body (Transfer-Encoding, Content-Encoding,
-Expect, Upgrade), and returns None for everything else. None means aiohttp's own server, with
+`POST /v1/chat/completions HTTP/1.1` head with a Host, a Content-Length body, at most 128
+printable ASCII header lines and no header that changes the framing, the body or the
+connection (Transfer-Encoding, Content-Encoding, Expect, Upgrade, Proxy-Connection), and
+returns None for everything else. None means aiohttp's own server, with
 its C parser and limits, gets the connection; so each request is read by exactly one parser,
 and this one only says yes to heads on which it cannot disagree with aiohttp.
 """
@@ -15,8 +16,11 @@ import time
 from email.utils import formatdate
 from http import HTTPStatus
 
+from router.server.errors import error_body
+
 REQUEST_LINE = b"POST /v1/chat/completions HTTP/1.1"
 MAX_HEAD_BYTES = 8190  # aiohttp's own line and field limit; a longer head is aiohttp's to refuse
+MAX_FIELDS = 128  # aiohttp's limit on header fields
 # A field name is an RFC 9110 token; a value is printable ASCII, inner spaces and tabs allowed. The
 # whole head is checked by one match (a loop over lines cost ~10 µs a request, 4x that with cold caches),
 # then the fields are read from the checked text.
@@ -24,7 +28,9 @@ _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _VALUE = r"(?:[!-~](?:[ \t!-~]*[!-~])?)?"
 _HEAD = re.compile(rf"{re.escape(REQUEST_LINE.decode())}(?:\r\n{_TOKEN}:[ \t]*{_VALUE}[ \t]*)*")
 _FIELDS = re.compile(rf"\r\n({_TOKEN}):[ \t]*({_VALUE})")
-_REFUSED_FIELDS = frozenset({"transfer-encoding", "content-encoding", "expect", "upgrade"})
+# Proxy-Connection: aiohttp's parser (llhttp) honours `Proxy-Connection: close` as `Connection`
+# would be; no client of ours sends it, so such a request is aiohttp's.
+_REFUSED_FIELDS = frozenset({"transfer-encoding", "content-encoding", "expect", "upgrade", "proxy-connection"})
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 
@@ -50,18 +56,23 @@ class RequestHead:
         self.headers, self.length, self.close = headers, length, close
 
 
-def parse_head(head: bytes, max_body: int) -> RequestHead | None:
-    """The head (without its blank line) if the fast front serves this request, else None."""
+def parse_head(head: bytes) -> RequestHead | None:
+    """The head (without its blank line) if the fast front serves this request, else None. The body's
+    length is not checked against a limit here: the front answers an oversized one at once."""
     text = head.decode("latin-1")  # every byte maps to one character; _HEAD then admits ASCII only
     if _HEAD.fullmatch(text) is None:  # obs-fold, a bare CR or LF, a control or non-ASCII byte, no colon...
         return None
     fields = _FIELDS.findall(text)
+    if len(fields) > MAX_FIELDS:
+        return None  # aiohttp refuses it (400)
     headers = Headers({name.lower(): value for name, value in fields})
     if len(headers) != len(fields) or not _REFUSED_FIELDS.isdisjoint(headers):
         return None  # a repeated field is aiohttp's to judge
+    if "host" not in headers:
+        return None  # HTTP/1.1 requires it: aiohttp answers 400
     length = dict.get(headers, "content-length")
-    if length is None or not length.isdigit() or len(length) > 12 or int(length) > max_body:
-        return None  # no body (an error anyway), or too large: aiohttp answers either
+    if length is None or not length.isdigit() or len(length) > 12:
+        return None  # no body (an error anyway), or not a plain length: aiohttp answers either
     connection = dict.get(headers, "connection")
     if connection is None:
         return RequestHead(headers, int(length), False)
@@ -107,3 +118,13 @@ def chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+def refusal(status: int, message: str, *, code: str, retry_after: int | None = None) -> bytes:
+    """A whole answer that ends the connection, in the OpenAI error shape, for what is refused before a
+    request was read (a head too slow or too large, one connection too many)."""
+    body = error_body(message, status=status, code=code)
+    headers = {"Content-Type": "application/json"}
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return answer_head(status, headers, length=len(body), close=True) + body

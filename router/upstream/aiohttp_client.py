@@ -19,9 +19,24 @@ from yarl import URL
 from router.errors import RouterError
 from router.policy.model import Provider
 from router.upstream.client import KEEPALIVE_S, STREAM_ACCEPT, provider_headers
-from router.upstream.errors import BodyCut, ConnectFailed, ConnectionLost, ResponseTooLarge
+from router.upstream.errors import BodyCut, ConnectFailed, ConnectionLost, ResponseTooLarge, TransportError
 
 _BODY_ERRORS = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError)
+
+
+def _failure(exc: aiohttp.ClientError | OSError) -> TransportError:
+    """aiohttp's exception (or a socket's) as the transport's failure."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return ConnectFailed("connect timeout", timed_out=True)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return ConnectFailed(f"cannot connect ({type(exc).__name__})")
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | OSError):
+        return ConnectionLost(f"connection lost before headers ({type(exc).__name__})")
+    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
+        if _over_a_header_limit(exc.__cause__):
+            return ResponseTooLarge(f"response head over aiohttp's limits ({exc.__cause__})")
+        return ConnectionLost(f"malformed response ({type(exc).__name__})")
+    return ConnectFailed(f"client error ({type(exc).__name__})")
 
 
 def _over_a_header_limit(cause: BaseException | None) -> bool:
@@ -46,10 +61,11 @@ class _AiohttpTarget:
 class _AiohttpBody:
     """aiohttp's ClientResponse seen through the `Body` interface, at most `limit` bytes of it."""
 
-    __slots__ = ("_left", "_limit", "_response", "headers", "status")
+    __slots__ = ("_left", "_limit", "_response", "headers", "resent", "status")
 
-    def __init__(self, response: aiohttp.ClientResponse, limit: int) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, limit: int, resent: bool) -> None:
         self._response = response
+        self.resent = resent
         self._limit = limit
         self._left = limit
         self.status = response.status
@@ -148,6 +164,7 @@ class AiohttpClient:
         if connect_s < (timeout.sock_connect or 0.0):  # the deadline is nearer than the provider's limit
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=max(connect_s, 1e-3))
         reuse = _Reuse()
+        resent = False
         try:
             try:
                 response = await session.post(prepared.url, data=body, headers=headers, allow_redirects=False,
@@ -156,23 +173,16 @@ class AiohttpClient:
                 if not reuse.seen:
                     raise
                 # The provider closed the kept-alive connection while it was idle: once more, on a new one.
+                resent = True
                 response = await self._fresh_session().post(prepared.url, data=body, headers=headers,
                                                              allow_redirects=False, timeout=timeout)
-        except aiohttp.ConnectionTimeoutError:
-            raise ConnectFailed("connect timeout", timed_out=True) from None
-        except TimeoutError:
-            raise  # a timer fired: the transport knows which
-        except aiohttp.ClientConnectorError as exc:
-            raise ConnectFailed(f"cannot connect ({type(exc).__name__})") from exc
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, OSError) as exc:
-            raise ConnectionLost(f"connection lost before headers ({type(exc).__name__})") from None
-        except (aiohttp.ClientResponseError, aiohttp.ClientPayloadError) as exc:
-            if _over_a_header_limit(exc.__cause__):
-                raise ResponseTooLarge(f"response head over aiohttp's limits ({exc.__cause__})") from None
-            raise ConnectionLost(f"malformed response ({type(exc).__name__})") from None
-        except aiohttp.ClientError as exc:
-            raise ConnectFailed(f"client error ({type(exc).__name__})") from None
-        return _AiohttpBody(response, prepared.limit)
+        except (aiohttp.ClientError, OSError) as exc:
+            if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ConnectionTimeoutError):
+                raise  # a timer fired: the transport knows which
+            failure = _failure(exc)
+            failure.resent = resent
+            raise failure from (exc if isinstance(failure, ConnectFailed) and not failure.timed_out else None)
+        return _AiohttpBody(response, prepared.limit, resent)
 
     async def aclose(self) -> None:
         self._closed = True

@@ -32,6 +32,7 @@ class Body(Protocol):
 
     status: int
     headers: Mapping[str, str]
+    resent: bool  # the request went out twice: a kept-alive connection died first (StaleConnection)
 
     async def readany(self) -> bytes: ...
     async def read(self) -> bytes: ...
@@ -49,7 +50,7 @@ class Client(Protocol):
     async def post(self, prepared: object, body: bytes, request_id: str, stream: bool,
                    connect_s: float) -> Body:
         """Send and wait for the answer's head. Raises ConnectFailed (`timed_out` for a connect
-        timeout) or ConnectionLost."""
+        timeout) or ConnectionLost (with `resent` set when it went out twice)."""
         ...
 
     async def aclose(self) -> None: ...

@@ -15,6 +15,9 @@ class TransportError(Exception):
         super().__init__(detail or type(self).__name__)
         # True when the timeout that fired was the request's deadline, not the provider's own limit.
         self.deadline_bound = deadline_bound
+        # True when the request went out twice: once on a kept-alive connection that died before any
+        # byte of the answer (StaleConnection), then on a fresh one.
+        self.resent = False
 
 
 class ConnectFailed(TransportError):

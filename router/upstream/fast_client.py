@@ -14,7 +14,7 @@ from yarl import URL
 from router.policy.model import Provider
 from router.upstream import http1
 from router.upstream.client import KEEPALIVE_S, provider_headers
-from router.upstream.errors import StaleConnection
+from router.upstream.errors import StaleConnection, TransportError
 
 _ACCEPT_LINES = {True: b"Accept: text/event-stream\r\n", False: b"Accept: */*\r\n"}  # built once, not per request
 
@@ -68,12 +68,18 @@ class FastClient:
         except BaseException:
             connection.close()
             raise
-        connection = await prepared.pool.acquire(connect_s, fresh=True)
         try:
-            return await connection.send(head, body, loop, prepared.limit)
-        except BaseException:
-            connection.close()
+            connection = await prepared.pool.acquire(connect_s, fresh=True)
+            try:
+                response = await connection.send(head, body, loop, prepared.limit)
+            except BaseException:
+                connection.close()
+                raise
+        except TransportError as exc:
+            exc.resent = True
             raise
+        response.resent = True
+        return response
 
     async def aclose(self) -> None:
         pools, self._pools = self._pools, {}

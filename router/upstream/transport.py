@@ -52,6 +52,9 @@ class Outgoing:
 class Reply(Protocol):
     status: int
     headers: Mapping[str, str]
+    # The request went out twice: its kept-alive connection died before any byte of the answer, so it
+    # was sent once more on a fresh one, within the attempt (a transport without that may omit it).
+    resent: bool
 
     async def read(self) -> bytes: ...
     def events(self) -> AsyncIterator[SseEvent]: ...
@@ -72,7 +75,7 @@ def _cap(configured: float, deadline: float, now: float) -> tuple[float, bool]:
 
 class _HttpReply:
     __slots__ = ("_body", "_clock", "_closed", "_deadline", "_done", "_idle_s", "_release", "_response",
-                 "_secrets", "headers", "status")
+                 "_secrets", "headers", "resent", "status")
 
     def __init__(self, response: Body, outgoing: Outgoing, clock: Clock,
                  release: asyncio.Semaphore, body: bytes | None = None, secrets: tuple[bytes, ...] = ()) -> None:
@@ -81,6 +84,7 @@ class _HttpReply:
         self._body = body  # already read by send() for non-streamed requests
         self.status = response.status
         self.headers: Mapping[str, str] = response.headers
+        self.resent = response.resent
         self._idle_s = outgoing.provider.timeouts.idle_s
         self._deadline = outgoing.deadline
         self._clock = clock

@@ -36,7 +36,7 @@ EXPORTED_METRICS = frozenset(f"llm_router_{name}" for name in (
     "upstream_attempts_total", "upstream_attempt_duration_seconds", "upstream_ttfb_seconds",
     "stream_chunk_gap_seconds", "retries_total", "failovers_total", "retry_budget_exhausted_total",
     "client_rate_limited_total", "provider_throttled_total", "breaker_state", "breaker_ejections_total",
-    "malformed_events_total", "tokens_total", "state_backend_errors_total", "build_info",
+    "malformed_events_total", "upstream_resends_total", "tokens_total", "state_backend_errors_total", "build_info",
     "config_reloads_total",
 ))
 _METRIC_TOKEN = re.compile(r"llm_router_[a-z_]+")

@@ -40,6 +40,7 @@ ALL_METRICS = {
     "llm_router_breaker_state": "gauge",
     "llm_router_breaker_ejections": "counter",
     "llm_router_malformed_events": "counter",
+    "llm_router_upstream_resends": "counter",
     "llm_router_tokens": "counter",
     "llm_router_state_backend_errors": "counter",
     "llm_router_build_info": "gauge",
@@ -117,6 +118,7 @@ def test_decision_hooks() -> None:
     observer.client_rate_limited("web", "tokens")
     observer.provider_throttled("aimo")
     observer.malformed_event("asi1")
+    observer.upstream_resent("aimo")
     observer.stream_chunk_gap("asi1", 0.02)
     observer.tokens_used("chat", "aimo", 12, 30)
     observer.tokens_used("chat", "aimo", 3, 0)
@@ -129,6 +131,7 @@ def test_decision_hooks() -> None:
     assert scrape.get("llm_router_client_rate_limited_total", client="web", kind="tokens") == 1
     assert scrape.get("llm_router_provider_throttled_total", provider="aimo") == 1
     assert scrape.get("llm_router_malformed_events_total", provider="asi1") == 1
+    assert scrape.get("llm_router_upstream_resends_total", provider="aimo") == 1
     assert scrape.get("llm_router_stream_chunk_gap_seconds_count", provider="asi1") == 1
     assert scrape.get("llm_router_stream_chunk_gap_seconds_bucket", provider="asi1", le="0.025") == 1
     assert scrape.get("llm_router_tokens_total", route="chat", provider="aimo", kind="prompt") == 15

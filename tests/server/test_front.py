@@ -186,10 +186,8 @@ async def test_an_internal_error_mid_stream_cuts_the_answer_instead_of_ending_it
 
 async def test_idle_keep_alive_connections_are_closed_after_the_idle_timeout(
         daemon: DaemonFactory, fake_provider, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(front, "IDLE_TIMEOUT_S", 0.0)
-    monkeypatch.setattr(front, "_SWEEP_S", 0.05)
     fake = await fake_provider("aimo")
-    server = await daemon(simple_policy(fake))
+    server = await daemon(simple_policy(fake, server={"keepalive_s": 0.2}))
     reader, writer = await connect(server)
     writer.write(plain_request(server))
     status, _, _ = await read_response(reader)

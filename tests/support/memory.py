@@ -42,6 +42,7 @@ class MemoryReply:
     fail_after: int | None = None
     failure: TransportError | None = None
     closed: bool = False
+    resent: bool = False
 
     async def read(self) -> bytes:
         return self.body

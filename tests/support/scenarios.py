@@ -187,6 +187,7 @@ class SoakReport:
     model_attempts: float
     model_success: float
     fake_hits: int
+    resends: float  # llm_router_upstream_resends_total: requests sent twice within one attempt
     access_lines: int
     metrics_by_outcome: dict[str, float]
     access_by_outcome: dict[str, int]
@@ -220,8 +221,8 @@ class SoakReport:
             f"  p measured {self.measured_p:.4f}, configured JSON {self.configured_p_json:.3f} / "
             f"stream {self.configured_p_stream:.3f}",
             f"  attempts {self.attempts:.0f} by outcome {self.attempts_by_outcome}",
-            f"  fake hits {self.fake_hits}; access lines {self.access_lines}; /metrics requests "
-            f"{self.daemon_requests:.0f}; never reached the daemon {len(self.never_reached)}",
+            f"  fake hits {self.fake_hits} (resends {self.resends:.0f}); access lines {self.access_lines}; "
+            f"/metrics requests {self.daemon_requests:.0f}; never reached the daemon {len(self.never_reached)}",
             f"  disconnects {self.disconnects}: {len(self.close_delays)} upstream attempts open then or later, closed "
             f"after max {max(self.close_delays, default=0) * 1000:.1f} ms / p99 "
             f"{percentile(self.close_delays, 99) * 1000:.1f} ms; first attempts read after the client left "
@@ -323,7 +324,8 @@ def _soak_report(run: LoadRun, providers: SoakProviders, lines: list[dict[str, A
                                   max_attempts=MAX_ATTEMPTS),
         measured_p=measured_p, configured_p_json=failing_rate(FAULT_MIX, stream=False),
         configured_p_stream=failing_rate(FAULT_MIX, stream=True), model_attempts=model_attempts,
-        model_success=model_success, fake_hits=providers.total_hits, access_lines=len(lines),
+        model_success=model_success, fake_hits=providers.total_hits,
+        resends=metrics.get("llm_router_upstream_resends_total"), access_lines=len(lines),
         metrics_by_outcome=metrics.by("llm_router_requests_total", "outcome"),
         access_by_outcome=dict(access_by_outcome),
         histogram_count=metrics.get("llm_router_request_duration_seconds_count"),

@@ -21,12 +21,13 @@ if TYPE_CHECKING:
 class Response:
     """Status, headers, and the (decoded) body pieces as they arrive; `readany` returns them."""
 
-    __slots__ = ("_buffered", "_chunks", "_connection", "_ended", "_error", "_waiter", "headers", "status")
+    __slots__ = ("_buffered", "_chunks", "_connection", "_ended", "_error", "_waiter", "headers", "resent", "status")
 
     def __init__(self, connection: Connection, status: int, headers: CIMultiDictProxy[str]) -> None:
         self._connection = connection
         self.status = status
         self.headers = headers
+        self.resent = False  # set by the fast client when the request went out twice
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._ended = False

@@ -1,0 +1,70 @@
+"""chat.Exchange over a fast-front connection: the request as the front read it, the answer as HTTP/1.1 bytes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from router.server import wire
+from router.server.answer import Answer
+from router.server.chat import BodyRefused, events
+
+if TYPE_CHECKING:
+    from router.server.front import _Connection
+
+
+class FastExchange:
+    __slots__ = ("_body", "_connection", "_head", "_too_large", "_transport", "close", "headers", "started")
+    method = "POST"
+    path = "/v1/chat/completions"
+
+    def __init__(self, connection: _Connection, transport: asyncio.Transport, head: wire.RequestHead,
+                 body: bytes, *, too_large: int | None = None) -> None:
+        """`too_large`: the body limit the declared length is over (the body was not read)."""
+        self._connection, self._transport, self.headers, self._body = connection, transport, head.headers, body
+        self._too_large = too_large
+        self.close = head.close  # after this answer (the client asked, or the answer or a drain decides)
+        self.started = False
+        self._head = b""  # a stream's head, until it goes out with the first event
+
+    async def read_body(self) -> bytes:
+        if self._too_large is not None:
+            # Refused at once, from its declared length: no point waiting for a body that will not do.
+            raise BodyRefused(413, f"request body is larger than {self._too_large} bytes", code="body_too_large",
+                              closing=True)
+        return self._body
+
+    async def send(self, answer: Answer) -> None:
+        transport, tap = self._transport, self._connection.front.tap
+        self.close = close = self.close or answer.close or self._connection.front.closing
+        if answer.stream is None:
+            transport.write(wire.answer_head(answer.status, answer.headers, length=len(answer.body), close=close)
+                            + answer.body)
+            self.started = True
+            if tap is not None:
+                tap(answer.status, answer.headers, answer.body)
+            return
+        # The head goes out with the first event: one write, as aiohttp does with SseResponse.
+        self._head = wire.answer_head(answer.status, answer.headers, length=None, close=close)
+        async for data in events(answer):
+            await self.write_event(data)
+        transport.write(self._pending_head() + wire.LAST_CHUNK)
+        self.started = True
+        if tap is not None:
+            tap(answer.status, answer.headers, None)
+
+    async def write_event(self, data: bytes) -> None:
+        transport = self._transport
+        if transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        transport.write(self._pending_head() + wire.chunk(data))
+        self.started = True
+        await self._connection.drain()
+
+    def _pending_head(self) -> bytes:
+        head, self._head = self._head, b""
+        return head
+
+    def abort(self) -> None:
+        self.close = True
+        self._transport.abort()
