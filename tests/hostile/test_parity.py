@@ -1,0 +1,100 @@
+"""The fast front's recogniser never reads a request differently from aiohttp's parser.
+
+`wire.parse_head` says yes only to heads it serves itself; everything else goes to aiohttp. For
+every head it says yes to, aiohttp's own (C, llhttp) request parser must accept the same bytes and
+read the same request: method, path, version, every header and its value, the body's length, and
+whether the connection closes after it. Heads are generated: plain ones, and ones with the bytes
+and shapes that parsers disagree on (OWS, obs-fold, bare CR or LF, NUL, DEL, non-ASCII, repeated
+or conflicting framing headers, odd Content-Length spellings, too many fields).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_parser import HttpRequestParser
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from router.server import wire
+
+NAMES = ["Host", "Content-Length", "Connection", "Transfer-Encoding", "Content-Encoding", "Expect", "Upgrade",
+         "Proxy-Connection", "Content-Type", "Authorization", "X-Request-ID", "Accept", "Keep-Alive", "TE",
+         "Trailer", "X-Custom", "X_Under", "X-A"]
+VALUE_BYTES = (" \t!\"#$%&'()*+,-./0123456789:;<=>?@ABCXYZ[\\]^_`abcxyz{|}~" "\x00\x01\x7f\x80\xe9\xff\r\n")
+SEPARATORS = [":", ": ", ":\t", ":  ", " :", "\t:"]
+# The last: a fullwidth digit five, which str.isdigit() accepts.
+LENGTHS = ["0", "5", "12", "05", "+5", "-1", " 5", "5 ", "5,5", "0x5", "1e1", "99999999999999", "", "\uff15"]
+
+
+def _case(name: str, draw: st.DrawFn) -> str:
+    style = draw(st.sampled_from(["as is", "lower", "upper"]))
+    return {"as is": name, "lower": name.lower(), "upper": name.upper()}[style]
+
+
+@st.composite
+def heads(draw: st.DrawFn) -> bytes:
+    line = draw(st.sampled_from([wire.REQUEST_LINE.decode()] * 6 + [
+        "POST /v1/chat/completions HTTP/1.0", "POST  /v1/chat/completions HTTP/1.1",
+        "POST /v1/chat/completions HTTP/1.1 ", "post /v1/chat/completions HTTP/1.1"]))
+    fields: list[str] = []
+    if draw(st.booleans()) or draw(st.booleans()):
+        fields.append(f"{_case('Host', draw)}: 127.0.0.1:8080")
+    if draw(st.integers(0, 9)):
+        fields.append(f"{_case('Content-Length', draw)}: {draw(st.sampled_from(LENGTHS[:3]))}")
+    for _ in range(draw(st.integers(0, 6))):
+        name = _case(draw(st.sampled_from(NAMES)), draw)
+        if name.lower() == "content-length":
+            value = draw(st.sampled_from(LENGTHS))
+        elif name.lower() == "connection":
+            value = draw(st.sampled_from(["close", "keep-alive", "Close", "keep-alive, close", "upgrade", "x"]))
+        else:
+            value = draw(st.text(alphabet=VALUE_BYTES, max_size=12))
+        fields.append(f"{name}{draw(st.sampled_from(SEPARATORS))}{value}")
+    if draw(st.integers(0, 19)) == 0:  # around aiohttp's limit of 128 fields
+        fields += [f"X-{i}: v" for i in range(draw(st.integers(120, 130)))]
+    if draw(st.integers(0, 9)) == 0:  # a continuation line (obs-fold) somewhere
+        fields.insert(draw(st.integers(0, len(fields))), draw(st.sampled_from([" folded", "\tfolded"])))
+    return "\r\n".join([line, *fields]).encode("utf-8")
+
+
+def aiohttp_reads(head: bytes, length: int) -> object:
+    """aiohttp's C parser on the head, its blank line and `length` body bytes: its message, or its error."""
+    loop = asyncio.new_event_loop()
+    try:
+        parser = HttpRequestParser(BaseProtocol(loop), loop, 2 ** 16, max_line_size=8190, max_headers=128,
+                                   max_field_size=8190)
+        try:
+            messages, upgraded, tail = parser.feed_data(head + b"\r\n\r\n" + b"x" * length)
+        except Exception as exc:  # any refusal by aiohttp is the finding
+            return exc
+        return messages[0][0] if len(messages) == 1 and not upgraded and not tail else (messages, upgraded, tail)
+    finally:
+        loop.close()
+
+
+@settings(max_examples=3000, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(head=heads())
+def test_a_head_the_fast_front_serves_is_one_aiohttp_reads_the_same_way(head: bytes) -> None:
+    ours = wire.parse_head(head)
+    if ours is None:
+        return  # aiohttp's to read, and to refuse
+    message = aiohttp_reads(head, ours.length)
+    assert not isinstance(message, Exception), f"aiohttp refuses what the fast front serves: {message!r}"
+    assert not isinstance(message, tuple), f"aiohttp reads more than one request: {message!r}"
+    assert message.method == "POST" and message.path == "/v1/chat/completions"  # type: ignore[attr-defined]
+    assert tuple(message.version) == (1, 1)  # type: ignore[attr-defined]
+    theirs = {name.lower(): value for name, value in message.headers.items()}  # type: ignore[attr-defined]
+    assert theirs == dict(ours.headers), head
+    assert int(theirs["content-length"]) == ours.length
+    assert message.should_close is ours.close, head  # type: ignore[attr-defined]
+    assert not message.chunked and message.compression is None and not message.upgrade  # type: ignore[attr-defined]
+
+
+def test_the_generator_reaches_both_answers() -> None:
+    # Not a vacuous property: plain heads are served by the fast front, odd ones left to aiohttp.
+    plain = b"POST /v1/chat/completions HTTP/1.1\r\nHost: h\r\nContent-Length: 5"
+    assert wire.parse_head(plain) is not None
+    assert not isinstance(aiohttp_reads(plain, 5), Exception)
+    assert wire.parse_head(plain + b"\r\nX-A: nul\x00") is None
