@@ -62,6 +62,25 @@ async def _not_found(request: web.Request) -> web.StreamResponse:
     return error_response(404, f"unknown path {request.path}")
 
 
+# Framing headers spelled with an underscore: meaningless to aiohttp, which frames the body by Content-Length,
+# but read as the real header by proxies that map `_` to `-` (CGI-style), so a request carrying one is framed
+# two ways: the classic request-smuggling gadget. Refused, and the connection closed with it, so a request
+# pipelined behind it (the smuggled one) is never read.
+_FRAMING_LOOKALIKES = ("Transfer_Encoding", "Content_Length")
+
+
+@web.middleware
+async def refuse_framing_lookalikes(request: web.Request, handler: Handler) -> web.StreamResponse:
+    headers = request.headers
+    for name in _FRAMING_LOOKALIKES:
+        if name in headers:
+            response = error_response(400, f"header {name} is refused: proxies may read it as "
+                                      f"{name.replace('_', '-')}", code="ambiguous_framing")
+            response.force_close()
+            return response
+    return await handler(request)
+
+
 async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     """`Expect: 100-continue` is answered as aiohttp does. Any other expectation is refused with a
     417 in the OpenAI shape: aiohttp's own 417 is plain text and is sent before any middleware runs."""
@@ -81,7 +100,8 @@ def create_app(router: Router, *, registry: CollectorRegistry | None = None,
     PrometheusObserver, else a new one in `registry`, which then only sees what the daemon
     itself counts: build info, reloads)."""
     policy = router.policy
-    app = web.Application(client_max_size=policy.server.max_body_bytes)
+    # The fast front hands every request with such a header to aiohttp (wire.parse_head): refused in one place.
+    app = web.Application(client_max_size=policy.server.max_body_bytes, middlewares=[refuse_framing_lookalikes])
     if observer is None:
         own = router.observer
         if isinstance(own, PrometheusObserver) and (registry is None or registry is own.registry):

@@ -122,14 +122,15 @@ class _Refused(asyncio.Protocol):
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("_buffer", "_drain_waiter", "_lingering", "_paused", "_scanned", "_timer", "_transport", "front",
-                 "head_since", "idle_since", "task")
+    __slots__ = ("_buffer", "_drain_waiter", "_lingering", "_paused", "_progress", "_scanned", "_timer", "_transport",
+                 "front", "head_since", "idle_since", "task")
 
     def __init__(self, front: _Front) -> None:
         self.front = front
         self._transport: asyncio.Transport | None = None
         self._buffer: bytes | bytearray = b""
         self._scanned = 0  # how far the buffer was searched for the end of a head
+        self._progress: wire.HeadProgress | None = None  # the checks of a head that came in pieces
         self._timer: asyncio.TimerHandle | None = None
         self._paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -179,8 +180,14 @@ class _Connection(asyncio.Protocol):
             self._scanned = len(buffer)
             if len(buffer) > wire.MAX_HEAD_BYTES:
                 self._hand_off()  # a head this long is aiohttp's to judge
+            elif len(buffer) > len(_LINE):
+                if self._progress is None:
+                    self._progress = wire.HeadProgress()
+                if not self._progress.viable(buffer):
+                    self._hand_off()  # it will not be ours: aiohttp answers now, as it would alone
             return  # the sweep refuses a head that takes longer than head_timeout_s
         self.head_since = None
+        self._progress = None
         if end > wire.MAX_HEAD_BYTES:
             self._hand_off()
             return

@@ -21,7 +21,7 @@ from router.server import wire
 
 NAMES = ["Host", "Content-Length", "Connection", "Transfer-Encoding", "Content-Encoding", "Expect", "Upgrade",
          "Proxy-Connection", "Content-Type", "Authorization", "X-Request-ID", "Accept", "Keep-Alive", "TE",
-         "Trailer", "X-Custom", "X_Under", "X-A"]
+         "Trailer", "X-Custom", "X_Under", "X-A", "Transfer_Encoding", "Content_Length"]
 VALUE_BYTES = (" \t!\"#$%&'()*+,-./0123456789:;<=>?@ABCXYZ[\\]^_`abcxyz{|}~" "\x00\x01\x7f\x80\xe9\xff\r\n")
 SEPARATORS = [":", ": ", ":\t", ":  ", " :", "\t:"]
 # The last: a fullwidth digit five, which str.isdigit() accepts.
@@ -90,6 +90,36 @@ def test_a_head_the_fast_front_serves_is_one_aiohttp_reads_the_same_way(head: by
     assert int(theirs["content-length"]) == ours.length
     assert message.should_close is ours.close, head  # type: ignore[attr-defined]
     assert not message.chunked and message.compression is None and not message.upgrade  # type: ignore[attr-defined]
+
+
+@settings(max_examples=1500, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(head=heads(), cuts=st.lists(st.integers(1, 400), max_size=8))
+def test_a_head_arriving_in_pieces_is_handed_to_aiohttp_early_only_if_the_fast_front_would_not_serve_it(
+        head: bytes, cuts: list[int]) -> None:
+    # wire.HeadProgress lets the front hand a head to aiohttp before it is complete. It must never do that
+    # to a head the front would serve (a slow client would lose the fast path), whatever the pieces;
+    # byte by byte is the hardest case.
+    served = wire.parse_head(head) is not None
+    start = len(wire.REQUEST_LINE) + 2
+    if not head.startswith(wire.REQUEST_LINE + b"\r\n"):
+        return  # the front hands it over on its request line, before any HeadProgress
+    for ends in (sorted({start + cut for cut in cuts if start + cut < len(head)}), range(start + 1, len(head) + 1)):
+        progress = wire.HeadProgress()
+        verdicts = [progress.viable(head[:end]) for end in ends if not head[:end].endswith(b"\r\n\r\n")]
+        if served:
+            assert all(verdicts), head
+
+
+def test_a_head_that_breaks_the_rules_is_handed_over_before_it_is_complete() -> None:
+    # What the llhttp corpus showed (tests/hostile/test_request_corpora.py): each of these got a 408 after
+    # head_timeout_s from the fast front and an immediate 400 from aiohttp.
+    line = wire.REQUEST_LINE + b"\r\n"
+    for partial in [b"Content-Length: 1000000000000000000000\r\n", b"Content-Length: 1\r\nContent-Length: 2\r\n",
+                    b"Content-Length: 3\r\n\rabc", b" Host: foo", b"Foo: abc\nBar", b"Transfer_Encoding: chunked\r\n",
+                    b": empty name", b"Host: a\r\nX: a\x00"]:
+        assert not wire.HeadProgress().viable(line + partial), partial
+    for partial in [b"Host: a\r\n", b"Host: a\r", b"Content-Length: 12", b"X-A:", b"X-Long-Na"]:
+        assert wire.HeadProgress().viable(line + partial), partial
 
 
 def test_the_generator_reaches_both_answers() -> None:

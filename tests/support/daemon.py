@@ -106,8 +106,10 @@ def _front_tap(recorded: list[Recorded]) -> Tap:
     return tap
 
 
-async def start_in_process(policy: Policy, **router_kwargs: Any) -> InProcessDaemon:
-    """The daemon's app around `Router(policy, **router_kwargs)` on a free loopback port; `stop()` it."""
+async def start_in_process(policy: Policy, *, front: bool = True, **router_kwargs: Any) -> InProcessDaemon:
+    """The daemon's app around `Router(policy, **router_kwargs)` on a free loopback port; `stop()` it.
+    `front=False` serves it with aiohttp's own TCPSite instead of the fast front: the reference for
+    differential tests of what the fast front accepts."""
     router = Router(policy, **router_kwargs)
     app = create_app(router, observer=router_kwargs.get("observer"))
     recorded: list[Recorded] = []
@@ -115,7 +117,10 @@ async def start_in_process(policy: Policy, **router_kwargs: Any) -> InProcessDae
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     try:
-        await FrontSite(runner, "127.0.0.1", 0, tap=_front_tap(recorded)).start()
+        if front:
+            await FrontSite(runner, "127.0.0.1", 0, tap=_front_tap(recorded)).start()
+        else:
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
     except BaseException:
         await runner.cleanup()
         raise

@@ -214,6 +214,7 @@ class Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
+            # A 101: its head is the answer (aiohttp's reading too), and the connection speaks HTTP no more.
             self._fail(ConnectionLost("malformed response (unexpected protocol upgrade)"))
             return
         except httptools.HttpParserError as exc:
@@ -222,7 +223,13 @@ class Connection(asyncio.Protocol):
                 self._fail(ResponseTooLarge(str(context)))
                 return
             detail = str(context) if isinstance(context, _Unexpected) else f"invalid HTTP response ({exc})"
-            self._fail(ConnectionLost(f"malformed response ({detail})"))
+            error = ConnectionLost(f"malformed response ({detail})")
+            if self.state is State.COMPLETE and not self._keep_alive and self.response is not None:
+                # Bytes after an answer that said the connection ends with it (llhttp's strict mode and
+                # aiohttp refuse them too): its framing is wrong, a Content-Length too short, say, so the
+                # answer is not trusted. It ended in this very read: its reader has not seen it yet.
+                self.response.retract(error)
+            self._fail(error)
             return
         if self.state is State.AWAITING_HEAD:  # all of this read was head: a line still growing counts now
             newline = data.rfind(b"\n")
@@ -287,15 +294,16 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
-        if 100 <= status < 200:  # an interim answer (100 Continue, 103 Early Hints): wait for the real one
+        if 100 <= status < 200 and status != 101:  # an interim answer (100 Continue, 103 Early Hints): wait
             self._headers = []
             return
         headers = CIMultiDict(self._headers)
         self._keep_alive = self.parser.should_keep_alive()
-        # No length and no chunking (no Transfer-Encoding, or one that does not end in `chunked`, such
-        # as `identity`): the body ends where the connection does.
-        self._until_eof = "Content-Length" not in headers and \
-            not headers.get("Transfer-Encoding", "").strip().lower().endswith("chunked")
+        # No length and no chunking (no Transfer-Encoding, or one whose last coding is not `chunked`:
+        # `identity`, `chunked, identity`, `chunkedchunked`): the body ends where the connection does
+        # (RFC 9112, section 6.3).
+        codings = ",".join(headers.getall("Transfer-Encoding", ())).split(",")
+        self._until_eof = "Content-Length" not in headers and codings[-1].strip().lower() != "chunked"
         encoding = headers.get("Content-Encoding", "").strip().lower()
         if encoding in ("gzip", "x-gzip"):
             self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)

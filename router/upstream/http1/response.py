@@ -114,6 +114,13 @@ class Response:
                 self._buffered = 0
             self._wake()
 
+    def retract(self, exc: TransportError) -> None:
+        """An answer that ended turns out broken (see Connection.data_received): its reader gets `exc`.
+        Only before the reader could see the end, in the same read that ended it."""
+        self._ended = False
+        self._error = None
+        self.fail(exc)
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
