@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -73,10 +74,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Not secrets: `check --skip-env` reads them from the environment as the daemon would.
+_PROXY_VARIABLES = frozenset({"https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY"})
+
+
 class _PlaceholderEnv(Mapping[str, str]):
-    """Every variable 'is set', so a policy can be checked where its secrets are not."""
+    """Every variable 'is set', so a policy can be checked where its secrets are not (the proxy
+    variables are the real ones)."""
 
     def __getitem__(self, key: str) -> str:
+        if key in _PROXY_VARIABLES:
+            return os.environ[key]
         return "placeholder"
 
     def __iter__(self) -> Iterator[str]:
@@ -106,6 +114,12 @@ def _check(args: argparse.Namespace) -> int:
         for route in policy.routes.values():
             targets = ", ".join(f"{t.provider}:{t.model}@p{t.priority}" for t in route.targets)
             print(f"  {route.name!r:28} -> {targets}")
+        for provider in policy.providers.values():
+            if provider.proxy is not None:
+                print(f"  provider {provider.name!r} through the proxy {provider.proxy.url} "
+                      f"(from {provider.proxy.variable})")
+            if not provider.tls.verify:
+                print(f"  provider {provider.name!r}: TLS certificate verification is OFF (tls.allow_insecure)")
     return 1 if failed else 0
 
 

@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import json
 import socket
+import ssl
 import struct
 import time
 from collections import deque
@@ -98,8 +99,9 @@ class FakeProvider:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Listen (port 0 = a free port) and return the base URL, e.g. http://127.0.0.1:PORT/v1."""
+    async def start(self, host: str = "127.0.0.1", port: int = 0, *, tls: ssl.SSLContext | None = None) -> str:
+        """Listen (port 0 = a free port) and return the base URL, e.g. http://127.0.0.1:PORT/v1
+        (https:// with a server-side `tls` context)."""
         if self._runner is not None:
             raise RuntimeError(f"fake provider {self.name!r} is already running")
         app = web.Application(client_max_size=self._client_max_size)
@@ -110,7 +112,7 @@ class FakeProvider:
         runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, ssl_context=tls).start()
         except BaseException:
             await runner.cleanup()
             raise
@@ -119,7 +121,7 @@ class FakeProvider:
         self._changed = asyncio.Event()  # fresh per start: a provider may be restarted on another loop
         bound_host, bound_port = runner.addresses[0][:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        self.base_url = f"http://{shown}:{bound_port}{self.prefix}"
+        self.base_url = f"{'https' if tls else 'http'}://{shown}:{bound_port}{self.prefix}"
         return self.base_url
 
     async def stop(self) -> None:

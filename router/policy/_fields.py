@@ -213,6 +213,21 @@ def env_name(value: object, path: str) -> str:
     return name
 
 
+def secret_env(env: Mapping[str, str], value: object, path: str) -> str:
+    """The name of an environment variable that must hold a secret (an API key, a client key)."""
+    name = env_name(value, path)
+    secret = env.get(name)
+    if secret is None:
+        raise Invalid(f"environment variable {name} is not set", path)
+    if not secret:
+        raise Invalid(f"environment variable {name} is not set (it is empty)", path)
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in secret):
+        # It goes into an Authorization header, where a line break would start another header.
+        raise Invalid(f"environment variable {name} contains a line break or other control character "
+                      "(the value is not shown)", path)
+    return name
+
+
 def optional(parser: Parser) -> Parser:
     """Wrap a parser for a field whose default is None, so an explicit `null` means "unset"."""
 

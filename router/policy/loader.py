@@ -16,37 +16,31 @@ Secrets never appear in messages: only the *name* of a missing variable does.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import math
 import os
-import socket
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
 
 from router.errors import PolicyError
 from router.policy import _fields as f
 from router.policy._fields import Invalid
 from router.policy._yaml import EMPTY, read_yaml
 from router.policy.model import (
-    BreakerPolicy,
     Client,
     ClientLimits,
-    MockSpec,
     Policy,
     Provider,
-    ProviderLimits,
     RetryBudget,
     RetryPolicy,
     Route,
     ServerPolicy,
     StatePolicy,
     Target,
-    Timeouts,
 )
+from router.policy.providers import providers
 
 __all__ = ["load_policy", "parse_policy", "policy_from_mapping"]
 
@@ -95,16 +89,6 @@ def policy_from_mapping(data: object, *, source: str = "<memory>",
 # --- sections ---------------------------------------------------------------
 
 
-_timeouts = f.block(Timeouts, {"connect_s": f.positive, "first_byte_s": f.positive, "idle_s": f.positive})
-_provider_limits = f.block(ProviderLimits, {
-    "requests_per_minute": f.optional(f.positive),
-    "tokens_per_minute": f.optional(f.at_least_one),
-})
-_breaker = f.block(
-    BreakerPolicy,
-    {"consecutive_failures": f.at_least_one, "base_ejection_s": f.positive, "max_ejection_s": f.positive},
-    lambda obj, given, path: f.check_order(obj, given, "base_ejection_s", "max_ejection_s", path),
-)
 _retry = f.block(
     RetryPolicy,
     {
@@ -129,17 +113,6 @@ _server = f.block(ServerPolicy, {
     "head_timeout_s": f.positive,
     "keepalive_s": f.positive,
     "max_connections": f.at_least_one,
-})
-
-
-_mock = f.block(MockSpec, {
-    "error_rates": f.error_rates,
-    "retry_after": f.retry_after,
-    "latency_s": f.non_negative,
-    "chunks": f.at_least_one,
-    "interval_s": f.non_negative,
-    "content": f.optional(f.string),
-    "seed": f.optional(f.integer),
 })
 
 
@@ -258,52 +231,8 @@ class _Builder:
         _check_references(policy)
         return policy
 
-    def _secret_env(self, value: object, path: str) -> str:
-        name = f.env_name(value, path)
-        secret = self._env.get(name)
-        if secret is None:
-            raise Invalid(f"environment variable {name} is not set", path)
-        if not secret:
-            raise Invalid(f"environment variable {name} is not set (it is empty)", path)
-        if any(ord(ch) < 32 or ord(ch) == 127 for ch in secret):
-            # It goes into an Authorization header, where a line break would start another header.
-            raise Invalid(f"environment variable {name} contains a line break or other control character "
-                          "(the value is not shown)", path)
-        return name
-
-    def _secret(self, name: str | None) -> str | None:
-        return None if name is None else self._env[name]
-
     def _providers(self, value: object, path: str) -> Mapping[str, Provider]:
-        return MappingProxyType({name: self._provider(name, raw, entry_path)
-                                 for name, raw, entry_path in f.named_entries(value, path, "provider")})
-
-    def _provider(self, name: str, value: object, path: str) -> Provider:
-        parsers = {
-            "base_url": f.base_url,
-            "api_key_env": f.optional(self._secret_env),
-            "headers": f.headers,
-            "timeouts": _timeouts,
-            "limits": _provider_limits,
-            "breaker": _breaker,
-            "max_connections": f.at_least_one,
-            "supports_prefill": f.boolean,
-            "mock": f.optional(_mock),
-            "allow_link_local": f.boolean,
-            "http_client": lambda raw, p: f.choice(raw, p, ("fast", "aiohttp")),
-            "max_response_bytes": lambda raw, p: f.integer(raw, p, ge=1024),
-        }
-        given = f.fields(f.mapping(value, path), path, parsers, required=("base_url",))
-        if not given.get("allow_link_local", False):
-            problem = _link_local_problem(given["base_url"])
-            if problem is not None:
-                raise Invalid(f"{problem}; set `allow_link_local: true` on this provider if that is really "
-                              "where it is", f.join(path, "base_url"))
-        if given.get("mock") is not None and not f.is_loopback_url(given["base_url"]):
-            # A mock must never impersonate a real provider on the network.
-            raise Invalid("only a loopback base_url (127.0.0.1, ::1, localhost) may be mocked",
-                          f.join(path, "mock"))
-        return Provider(name=name, api_key=self._secret(given.get("api_key_env")), **given)
+        return providers(value, path, self._env)
 
     def _clients(self, value: object, path: str) -> tuple[Client, ...]:
         items = () if value is None else f.sequence(value, path, "a list of clients")
@@ -314,7 +243,7 @@ class _Builder:
     def _client(self, value: object, path: str) -> Client:
         parsers = {
             "name": f.string,
-            "key_env": f.optional(self._secret_env),
+            "key_env": f.optional(lambda raw, p: f.secret_env(self._env, raw, p)),
             "key_sha256": f.optional(f.key_sha256),
             "limits": _client_limits,
             "routes": f.optional(_allowed_routes),
@@ -325,43 +254,7 @@ class _Builder:
             raise Invalid("set only one of `key_env` or `key_sha256`", f.join(path, "key_sha256"))
         if key_env is None and key_sha256 is None:
             raise Invalid("needs `key_env` (variable holding the key) or `key_sha256` (its digest)", path)
-        return Client(key=self._secret(key_env), **given)
-
-
-# Instance-metadata services hand the machine's cloud credentials to whoever asks from it; they
-# live at link-local addresses and a few well-known names. A provider URL pointing there is a
-# mistake or an attack (server-side request forgery), unless the operator says otherwise.
-_METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.goog", "metadata", "instance-data",
-                             "instance-data.ec2.internal"})
-_METADATA_ADDRESSES = frozenset(map(ipaddress.ip_address, ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")))
-
-
-def _link_local_problem(url: str) -> str | None:
-    """Why `url` (already a valid http(s) URL) must not be a provider's, or None."""
-    host = (urlsplit(url).hostname or "").rstrip(".").lower()
-    if host in _METADATA_HOSTS:
-        return f"points at the cloud metadata service `{host}`"
-    address = _ip_address(host)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if address in _METADATA_ADDRESSES:
-        return f"points at the cloud metadata address {address}"
-    if address is not None and address.is_link_local:
-        return f"points at the link-local address {address} (169.254.0.0/16, fe80::/10)"
-    return None
-
-
-def _ip_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address a host names literally, including the legacy IPv4 spellings the C resolver
-    accepts (`2852039166`, `0251.0376.0251.0376`, `0xa9.0xfe.43518`); None for a DNS name."""
-    try:
-        return ipaddress.ip_address(host.partition("%")[0])  # an IPv6 zone id (`%eth0`) is not the address
-    except ValueError:
-        pass
-    try:
-        return ipaddress.IPv4Address(socket.inet_aton(host))
-    except (OSError, ValueError):  # ValueError: a NUL in the name
-        return None
+        return Client(key=None if key_env is None else self._env[key_env], **given)
 
 
 def _check_clients_distinct(clients: tuple[Client, ...], path: str) -> None:

@@ -8,6 +8,7 @@ reference table is checked against these dataclasses by a test.
 from __future__ import annotations
 
 import fnmatch
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -62,6 +63,44 @@ class MockSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """How the router checks an https provider, and proves who it is (mTLS)."""
+
+    ca_file: str | None = None  # PEM: the CAs trusted for this provider, instead of the system's
+    client_cert: str | None = None  # PEM: the router's certificate (and its key, unless client_key)
+    client_key: str | None = None
+    verify: bool = True  # false only with allow_insecure: true next to it (the loader enforces it)
+    allow_insecure: bool = False
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context for these settings (the files are read now: a reload picks up new ones)."""
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.client_cert is not None:
+            context.load_cert_chain(self.client_cert, self.client_key)
+        if not self.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    """The HTTP proxy a provider is reached through, from the environment (HTTPS_PROXY or HTTP_PROXY,
+    unless NO_PROXY names the provider). An https provider is reached through a CONNECT tunnel, an
+    http one by asking the proxy for the absolute URL."""
+
+    host: str
+    port: int
+    variable: str  # the environment variable it came from, for messages
+    # The Proxy-Authorization value (Basic) from the URL's user:password; never printed.
+    authorization: str | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://[{self.host}]:{self.port}" if ":" in self.host else f"http://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
 class Provider:
     name: str
     base_url: str  # without trailing slash, e.g. https://api.asi1.ai/v1
@@ -81,6 +120,9 @@ class Provider:
     # The most an answer may hold, counted after decompression: a provider's gzip bomb or endless body
     # fails over instead of filling the router's memory.
     max_response_bytes: int = 32 * 1024 * 1024
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    # Resolved from the environment when the policy is loaded (see Proxy); None: a direct connection.
+    proxy: Proxy | None = None
 
     @property
     def chat_url(self) -> str:

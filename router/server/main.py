@@ -82,7 +82,20 @@ def reload_policy(context: ServerContext, path: str) -> bool:
     context.adopt()
     context.count_reload(True)
     log.info("policy reloaded from %s", path)
+    log_egress(policy)
     return True
+
+
+def log_egress(policy: Policy) -> None:
+    """How each provider is reached, when it is not plainly: through a proxy, or without checking its
+    certificate (which an operator must never miss)."""
+    for provider in policy.providers.values():
+        if provider.proxy is not None:
+            log.info("provider %s: through the proxy %s (from %s)", provider.name, provider.proxy.url,
+                     provider.proxy.variable)
+        if not provider.tls.verify:
+            log.warning("provider %s: TLS certificate verification is OFF (tls.allow_insecure); its API key "
+                        "goes to whoever answers at %s", provider.name, provider.base_url)
 
 
 async def _watch(path: str, context: ServerContext) -> None:
@@ -146,6 +159,7 @@ async def run_daemon(policy: Policy, path: str, host: str, port: int, *, watch: 
         await runner.cleanup()
         await stop_demo_providers(demo)
         return 1
+    log_egress(policy)
     log.info("listening on http://%s:%d/v1 (policy %s, %d routes%s)", host, port, path, len(policy.routes),
              f", worker {worker.index + 1} of {worker.count}" if worker is not None else "")
     stop = asyncio.Event()

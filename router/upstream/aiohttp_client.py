@@ -10,6 +10,7 @@ connection died before any byte of the answer, as the fast client does.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 
 import aiohttp
@@ -17,18 +18,22 @@ from aiohttp import http_exceptions
 from yarl import URL
 
 from router.errors import RouterError
-from router.policy.model import Provider
+from router.policy.model import Provider, TlsSettings
 from router.upstream.client import KEEPALIVE_S, STREAM_ACCEPT, provider_headers
 from router.upstream.errors import BodyCut, ConnectFailed, ConnectionLost, ResponseTooLarge, TransportError
 
 _BODY_ERRORS = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError)
 
 
-def _failure(exc: aiohttp.ClientError | OSError) -> TransportError:
-    """aiohttp's exception (or a socket's) as the transport's failure."""
+def _failure(exc: aiohttp.ClientError | OSError, *, in_tunnel: bool = False) -> TransportError:
+    """aiohttp's exception (or a socket's) as the transport's failure. `in_tunnel`: it happened while a
+    proxy's tunnel was being set up, where aiohttp reports a proxy that closes or answers garbage as it
+    would a provider that does; it is the connect that failed."""
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return ConnectFailed("connect timeout", timed_out=True)
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return ConnectFailed(f"the proxy refused the tunnel with a {exc.status}")
+    if isinstance(exc, aiohttp.ClientConnectorError) or in_tunnel:
         return ConnectFailed(f"cannot connect ({type(exc).__name__})")
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | OSError):
         return ConnectionLost(f"connection lost before headers ({type(exc).__name__})")
@@ -49,13 +54,25 @@ def _over_a_header_limit(cause: BaseException | None) -> bool:
 
 
 class _AiohttpTarget:
-    __slots__ = ("connect_timeout", "headers", "limit", "url")
+    __slots__ = ("connect_timeout", "headers", "limit", "proxy", "proxy_headers", "ssl", "url")
 
-    def __init__(self, url: URL, headers: dict[str, str], connect_timeout: aiohttp.ClientTimeout, limit: int) -> None:
-        self.url = url
-        self.headers = headers
-        self.connect_timeout = connect_timeout
-        self.limit = limit
+    def __init__(self, provider: Provider) -> None:
+        self.url = URL(provider.chat_url)
+        self.headers = provider_headers(provider)
+        self.connect_timeout = aiohttp.ClientTimeout(total=None, sock_connect=provider.timeouts.connect_s)
+        self.limit = provider.max_response_bytes
+        # aiohttp keys its pooled connections by these too: no connection is shared across settings.
+        self.ssl: ssl.SSLContext | bool = provider.tls.ssl_context() if provider.tls != TlsSettings() else True
+        proxy = provider.proxy
+        self.proxy = URL(proxy.url) if proxy is not None else None
+        # The proxy's credentials: aiohttp sends `proxy_headers` on a CONNECT only; an http provider's
+        # request, which the proxy forwards, carries them itself.
+        self.proxy_headers: dict[str, str] | None = None
+        if proxy is not None and proxy.authorization is not None:
+            if self.url.scheme == "https":
+                self.proxy_headers = {"Proxy-Authorization": proxy.authorization}
+            else:
+                self.headers["Proxy-Authorization"] = proxy.authorization
 
 
 class _AiohttpBody:
@@ -103,20 +120,36 @@ class _AiohttpBody:
         self._response.close()
 
 
-class _Reuse:
-    """Per request: set by aiohttp's tracing when the request goes out on a pooled connection."""
+class _Trace:
+    """Per request, set by aiohttp's tracing: whether it went out on a pooled connection, and whether a
+    new connection was made (through a proxy: the tunnel and the TLS handshake too)."""
 
-    __slots__ = ("seen",)
+    __slots__ = ("connected", "reused")
 
     def __init__(self) -> None:
-        self.seen = False
+        self.reused = False
+        self.connected = False
 
 
 async def _on_reuse(session: aiohttp.ClientSession, context: object,
                     params: aiohttp.TraceConnectionReuseconnParams) -> None:
-    reuse = getattr(context, "trace_request_ctx", None)
-    if isinstance(reuse, _Reuse):
-        reuse.seen = True
+    trace = getattr(context, "trace_request_ctx", None)
+    if isinstance(trace, _Trace):
+        trace.reused = True
+
+
+async def _on_connected(session: aiohttp.ClientSession, context: object,
+                        params: aiohttp.TraceConnectionCreateEndParams) -> None:
+    trace = getattr(context, "trace_request_ctx", None)
+    if isinstance(trace, _Trace):
+        trace.connected = True
+
+
+def _tracing() -> aiohttp.TraceConfig:
+    tracing = aiohttp.TraceConfig()
+    tracing.on_connection_reuseconn.append(_on_reuse)
+    tracing.on_connection_create_end.append(_on_connected)
+    return tracing
 
 
 _STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
@@ -129,9 +162,7 @@ class AiohttpClient:
         self._closed = False
 
     def prepare(self, provider: Provider) -> _AiohttpTarget:
-        return _AiohttpTarget(URL(provider.chat_url), provider_headers(provider),
-                              aiohttp.ClientTimeout(total=None, sock_connect=provider.timeouts.connect_s),
-                              provider.max_response_bytes)
+        return _AiohttpTarget(provider)
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -139,17 +170,16 @@ class AiohttpClient:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=KEEPALIVE_S,
                                              ttl_dns_cache=300)
-            tracing = aiohttp.TraceConfig()
-            tracing.on_connection_reuseconn.append(_on_reuse)
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
                                                   timeout=aiohttp.ClientTimeout(total=None),
-                                                  trace_configs=[tracing])
+                                                  trace_configs=[_tracing()])
         return self._session
 
     def _fresh_session(self) -> aiohttp.ClientSession:
         if self._fresh is None:
             self._fresh = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=0),
-                                                auto_decompress=True, timeout=aiohttp.ClientTimeout(total=None))
+                                                auto_decompress=True, timeout=aiohttp.ClientTimeout(total=None),
+                                                trace_configs=[_tracing()])
         return self._fresh
 
     async def post(self, prepared: object, body: bytes, request_id: str, stream: bool,
@@ -163,23 +193,27 @@ class AiohttpClient:
         timeout = prepared.connect_timeout
         if connect_s < (timeout.sock_connect or 0.0):  # the deadline is nearer than the provider's limit
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=max(connect_s, 1e-3))
-        reuse = _Reuse()
+        trace = _Trace()
         resent = False
         try:
             try:
                 response = await session.post(prepared.url, data=body, headers=headers, allow_redirects=False,
-                                              timeout=timeout, trace_request_ctx=reuse)
+                                              timeout=timeout, trace_request_ctx=trace, ssl=prepared.ssl,
+                                              proxy=prepared.proxy, proxy_headers=prepared.proxy_headers)
             except _STALE:
-                if not reuse.seen:
+                if not trace.reused:
                     raise
                 # The provider closed the kept-alive connection while it was idle: once more, on a new one.
                 resent = True
-                response = await self._fresh_session().post(prepared.url, data=body, headers=headers,
-                                                             allow_redirects=False, timeout=timeout)
+                trace = _Trace()
+                response = await self._fresh_session().post(
+                    prepared.url, data=body, headers=headers, allow_redirects=False, timeout=timeout,
+                    trace_request_ctx=trace, ssl=prepared.ssl, proxy=prepared.proxy,
+                    proxy_headers=prepared.proxy_headers)
         except (aiohttp.ClientError, OSError) as exc:
             if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ConnectionTimeoutError):
                 raise  # a timer fired: the transport knows which
-            failure = _failure(exc)
+            failure = _failure(exc, in_tunnel=prepared.proxy is not None and not (trace.connected or trace.reused))
             failure.resent = resent
             raise failure from (exc if isinstance(failure, ConnectFailed) and not failure.timed_out else None)
         return _AiohttpBody(response, prepared.limit, resent)

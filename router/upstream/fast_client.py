@@ -11,7 +11,7 @@ import ssl
 
 from yarl import URL
 
-from router.policy.model import Provider
+from router.policy.model import Provider, TlsSettings
 from router.upstream import http1
 from router.upstream.client import KEEPALIVE_S, provider_headers
 from router.upstream.errors import StaleConnection, TransportError
@@ -29,29 +29,46 @@ class _FastTarget:
 
 
 class FastClient:
-    """Pools per origin survive policy reloads, so a changed key or header keeps the warm connections."""
+    """Pools per origin survive policy reloads, so a changed key or header keeps the warm connections.
+    An origin is the scheme, host and port, with the TLS settings and the proxy: two providers at one
+    host with different client certificates never share a connection."""
 
     def __init__(self) -> None:
-        self._pools: dict[tuple[str, str, int], http1.Pool] = {}
-        self._tls: ssl.SSLContext | None = None
+        self._pools: dict[tuple[object, ...], http1.Pool] = {}
+        self._default_tls: ssl.SSLContext | None = None
+
+    def _tls(self, settings: TlsSettings) -> ssl.SSLContext:
+        if settings != TlsSettings():
+            return settings.ssl_context()  # read again on each reload: a renewed certificate is picked up
+        if self._default_tls is None:
+            self._default_tls = ssl.create_default_context()
+        return self._default_tls
 
     def prepare(self, provider: Provider) -> _FastTarget:
         url = URL(provider.chat_url)
         host, port, scheme = url.raw_host or "", url.port or 80, url.scheme
-        origin = (scheme, host, port)
+        proxy = provider.proxy
+        tls = self._tls(provider.tls) if scheme == "https" else None
+        origin = (scheme, host, port, provider.tls if tls is not None else None, proxy)
         pool = self._pools.get(origin)
         if pool is None:
-            tls = None
-            if scheme == "https":
-                if self._tls is None:
-                    self._tls = ssl.create_default_context()
-                tls = self._tls
-            pool = self._pools[origin] = http1.Pool(host, port, tls=tls, keepalive_s=KEEPALIVE_S)
+            if proxy is not None and tls is None:  # http through a proxy: the proxy is the connection's peer
+                pool = http1.Pool(proxy.host, proxy.port, tls=None, keepalive_s=KEEPALIVE_S)
+            else:
+                pool = http1.Pool(host, port, tls=tls, keepalive_s=KEEPALIVE_S, tunnel=proxy)
+            self._pools[origin] = pool
+        elif tls is not None:
+            pool.tls = tls
         host_header = f"[{host}]" if ":" in host else host
         if not url.is_default_port():
             host_header += f":{port}"
         headers = {**provider_headers(provider), "Accept-Encoding": "gzip, deflate"}
-        return _FastTarget(pool, http1.request_head("POST", url.raw_path_qs, host_header, headers.items()),
+        target = url.raw_path_qs
+        if proxy is not None and tls is None:
+            target = str(url)  # the absolute form, which a proxy forwards (RFC 9112, section 3.2.2)
+            if proxy.authorization is not None:
+                headers["Proxy-Authorization"] = proxy.authorization
+        return _FastTarget(pool, http1.request_head("POST", target, host_header, headers.items()),
                            provider.max_response_bytes)
 
     async def post(self, prepared: object, body: bytes, request_id: str, stream: bool,

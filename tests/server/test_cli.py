@@ -102,6 +102,27 @@ def test_check_requires_key_variables_unless_skip_env(tmp_path: Path) -> None:
     assert f"{path}: ok" in skipped.stdout
 
 
+@pytest.mark.parametrize("skip_env", [False, True])
+def test_check_shows_how_each_provider_is_reached(tmp_path: Path, skip_env: bool) -> None:
+    # The proxy comes from the environment (also under --skip-env: it is no secret), its password never
+    # printed; verification turned off is said out loud.
+    insecure = "    tls:\n      verify: false\n      allow_insecure: true\n"
+    text = GOOD.replace("    base_url: https://api.asi1.ai/v1\n", "    base_url: https://api.asi1.ai/v1\n" + insecure)
+    path = policy_file(tmp_path, text)
+    env = {"AIMO_TEST_KEY": "k", "HTTPS_PROXY": "http://egress:pa55word@proxy.internal:3128",
+           "NO_PROXY": "api.asi1.ai"}
+    result = cli("check", *(["--skip-env"] if skip_env else []), path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "provider 'aimo' through the proxy http://proxy.internal:3128 (from HTTPS_PROXY)" in result.stdout
+    assert "provider 'asi1' through" not in result.stdout  # NO_PROXY
+    assert "provider 'asi1': TLS certificate verification is OFF (tls.allow_insecure)" in result.stdout
+    assert "pa55word" not in result.stdout + result.stderr
+    broken = cli("check", path, env={**env, "HTTPS_PROXY": "https://egress:pa55word@proxy.internal:3128"})
+    assert broken.returncode == 1
+    assert "providers.aimo: environment variable HTTPS_PROXY: only an http:// proxy is supported" in broken.stderr
+    assert "pa55word" not in broken.stdout + broken.stderr
+
+
 def test_check_never_prints_a_key_value(tmp_path: Path) -> None:
     path = policy_file(tmp_path, BAD.replace("AIMO_TEST_KEY", CANARY_ENV))
 

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 # Fields the loader fills itself (from a mapping key, the environment or the file name), never YAML keys.
 # Client.name is a real key (`clients[].name`), unlike the names of providers and routes.
 COMPUTED_FIELDS = {
-    "Provider": {"name", "api_key"}, "Route": {"name"}, "Client": {"key"}, "Policy": {"source"},
+    "Provider": {"name", "api_key", "proxy"}, "Route": {"name"}, "Client": {"key"}, "Policy": {"source"},
 }
 
 

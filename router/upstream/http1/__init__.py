@@ -7,10 +7,11 @@ costs about a fifth of that (bench/README.md). It does only what the router need
 POST at a time per connection with a fully built head, answers framed by Content-Length,
 chunked encoding or EOF, gzip/deflate bodies, keep-alive reuse with an idle expiry (also
 after a stream the caller stopped reading at its `[DONE]`: see `Connection.finish`), and
-read-side back-pressure. It never follows redirects, keeps no cookies and uses no proxies.
+read-side back-pressure, an HTTP proxy from the environment (a CONNECT tunnel for https). It
+never follows redirects and keeps no cookies.
 
 - connection.py: one connection and its states; response.py: one answer's body stream;
-  pool.py: the connections to one origin.
+  pool.py: the connections to one origin; tunnel.py: the CONNECT tunnel through a proxy.
 - Failures are the transport's own types (upstream/errors.py): `ConnectFailed`,
   `ConnectionLost` before the head, `BodyCut` in the body.
 """

@@ -7,17 +7,23 @@ import ssl
 import time
 from collections.abc import Iterable
 
+from router.policy.model import Proxy
 from router.upstream.errors import ConnectFailed, ConnectionLost
 from router.upstream.http1.connection import Connection
+from router.upstream.http1.tunnel import open_tunnel
 
 
 class Pool:
-    """Keep-alive connections to one origin (scheme, host, port)."""
+    """Keep-alive connections to one origin (scheme, host, port), directly or through a proxy's CONNECT
+    tunnel (`tunnel`). An http origin behind a proxy is a pool of connections to the proxy itself, whose
+    requests name the absolute URL (the client builds them so)."""
 
-    def __init__(self, host: str, port: int, *, tls: ssl.SSLContext | None, keepalive_s: float) -> None:
+    def __init__(self, host: str, port: int, *, tls: ssl.SSLContext | None, keepalive_s: float,
+                 tunnel: Proxy | None = None) -> None:
         self._host = host
         self._port = port
-        self._tls = tls
+        self.tls = tls  # replaced on a policy reload (a renewed certificate): new connections use it
+        self._tunnel = tunnel
         self._keepalive_s = keepalive_s
         self._idle: list[Connection] = []
         self._open: set[Connection] = set()  # idle and in use: closing the pool ends them all
@@ -35,15 +41,21 @@ class Pool:
                 return connection
             connection.close()
         loop = asyncio.get_running_loop()
+        tls = self.tls
         try:
-            async with asyncio.timeout(connect_timeout):
-                _, protocol = await loop.create_connection(
-                    lambda: Connection(self), self._host, self._port, ssl=self._tls,
-                    server_hostname=self._host if self._tls is not None else None)
+            async with asyncio.timeout(connect_timeout):  # the TCP connection, the tunnel and the TLS handshake
+                if self._tunnel is not None:
+                    protocol = await open_tunnel(loop, self._tunnel, self._host, self._port, tls,
+                                                 lambda: Connection(self))
+                else:
+                    _, protocol = await loop.create_connection(
+                        lambda: Connection(self), self._host, self._port, ssl=tls,
+                        server_hostname=self._host if tls is not None else None)
         except TimeoutError:
             raise ConnectFailed("connect timeout", timed_out=True) from None
         except OSError as exc:
-            raise ConnectFailed(f"cannot connect to {self._host}:{self._port}: "
+            raise ConnectFailed(f"cannot connect to {self._host}:{self._port}"
+                                f"{'' if self._tunnel is None else ' through ' + self._tunnel.url}: "
                                 f"{exc.strerror or exc or type(exc).__name__}") from exc
         if self._closed:  # closed while connecting
             protocol.close()
