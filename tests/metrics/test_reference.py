@@ -1,4 +1,5 @@
-"""The metrics reference (docs/metrics.md): its embedded-exporter example runs, and its table lists every metric."""
+"""The metrics reference: the README's table lists every metric, and docs/metrics.md's embedded-exporter
+example runs."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tests.metrics.helpers import Scrape
 
 REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 REPO = REFERENCE.parents[1]
+README = REPO / "README.md"
 
 
 def _fetch(url: str) -> str:
@@ -28,7 +30,7 @@ def _section() -> str:
 
 
 def test_the_table_lists_every_exported_metric_with_its_type() -> None:
-    rows = dict(re.findall(r"^\| `(llm_router_\w+)` \| (\w+) \|", _section(), re.MULTILINE))
+    rows = dict(re.findall(r"^\| `(llm_router_\w+)` \| (\w+) \|", README.read_text(encoding="utf-8"), re.MULTILINE))
     exported = {}
     for name, kind in Scrape.of(PrometheusObserver().registry).types.items():
         exported[f"{name}_total" if kind == "counter" else name] = kind
