@@ -70,7 +70,7 @@ async def complete(engine: Engine, call: Call) -> ChatResult:
 
 def _content_type(value: str | None) -> str:
     """The provider's Content-Type if it is printable ASCII (it is relayed as a header); else JSON's."""
-    if value and value.isascii() and value.isprintable():
+    if value == "application/json" or (value and value.isascii() and value.isprintable()):
         return value
     return "application/json"
 

@@ -261,10 +261,11 @@ class _Connection(asyncio.Protocol):
             return
         # A client that pipelines and does not read its answers gets no more of them served until it
         # reads: the answers already written are what this connection may hold in memory.
-        try:
-            await self.drain()
-        except ConnectionResetError:
-            return  # it went away instead
+        if self._paused:
+            try:
+                await self.drain()
+            except ConnectionResetError:
+                return  # it went away instead
         self.task = None
         self.idle_since = time.monotonic()
         transport.resume_reading()

@@ -70,7 +70,7 @@ def parse_head(head: bytes) -> RequestHead | None:
     if _HEAD.fullmatch(text) is None:  # obs-fold, a bare CR or LF, a control or non-ASCII byte, no colon...
         return None
     headers = _served_fields(text)
-    if headers is None or "host" not in headers:
+    if headers is None or not dict.__contains__(headers, "host"):
         return None  # HTTP/1.1 requires a Host: aiohttp answers 400
     length = dict.get(headers, "content-length")
     if length is None:

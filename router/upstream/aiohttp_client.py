@@ -109,6 +109,9 @@ class _AiohttpBody:
     def at_eof(self) -> bool:
         return self._response.content.at_eof()
 
+    def ready(self) -> bool:
+        return self._response.content.at_eof()
+
     def release(self) -> None:
         self._response.release()
 

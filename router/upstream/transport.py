@@ -225,11 +225,13 @@ class HttpTransport:
                     # A non-streamed body is read under the same timer (one timer per attempt instead of
                     # two), moved on by `idle_s` after each piece: the longest gap, not the whole read.
                     reading = True
+                    idle_s, idle_bound = first_byte_s, first_bound  # until a read waits
                     parts = []
                     loop_time, monotonic = asyncio.get_running_loop().time, self._clock.monotonic
                     while True:
-                        idle_s, idle_bound = _cap(timeouts.idle_s, outgoing.deadline, monotonic())
-                        window.reschedule(loop_time() + idle_s)
+                        if not response.ready():  # moved only when a read will wait (most answers are whole)
+                            idle_s, idle_bound = _cap(timeouts.idle_s, outgoing.deadline, monotonic())
+                            window.reschedule(loop_time() + idle_s)
                         piece = await response.readany()
                         if not piece:
                             break

@@ -73,14 +73,15 @@ class _TooLarge(Exception):
 
 
 class Connection(asyncio.Protocol):
-    __slots__ = ("_body_bytes", "_decoder", "_drain_timer", "_drained", "_head", "_head_bytes", "_headers",
-                 "_keep_alive", "_limit", "_line_bytes", "_paused", "_pool", "_put_back_after_read", "_received",
-                 "_reusable", "_sniff", "_until_eof", "idle_since", "parser", "response", "reused", "state",
-                 "transport")
+    __slots__ = ("_body_bytes", "_decoder", "_drain_timer", "_drained", "_fd", "_head", "_head_bytes", "_headers",
+                 "_keep_alive", "_limit", "_line_bytes", "_nul", "_paused", "_pool", "_put_back_after_read",
+                 "_received", "_reusable", "_sniff", "_until_eof", "idle_since", "parser", "response", "reused",
+                 "state", "transport")
 
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
         self.transport: asyncio.Transport | None = None
+        self._fd = -1
         self.parser = httptools.HttpResponseParser(self)
         # aiohttp's response parser is as lenient, and the two clients must accept the same answers:
         # folded headers (obs-fold) and other odd header bytes (NUL is still refused, in on_header),
@@ -91,7 +92,7 @@ class Connection(asyncio.Protocol):
         self.response: Response | None = None
         self.idle_since = 0.0
         self._head: asyncio.Future[Response] | None = None
-        self._headers: list[tuple[str, str]] = []
+        self._headers: list[tuple[bytes, bytes]] = []
         self._decoder: zlib._Decompress | None = None
         self._sniff = False  # the first body bytes decide between zlib and raw deflate
         self._keep_alive = False
@@ -104,6 +105,7 @@ class Connection(asyncio.Protocol):
         self._body_bytes = 0
         self._head_bytes = 0
         self._line_bytes = 0  # the head's unfinished line so far
+        self._nul = False  # a NUL byte came while the head did
         self.reused = False  # the current exchange runs on a connection that served an earlier one
         self._drained = 0
         self._drain_timer: asyncio.TimerHandle | None = None
@@ -125,6 +127,7 @@ class Connection(asyncio.Protocol):
         self._received = False
         self._limit = limit
         self._body_bytes = self._head_bytes = self._line_bytes = 0
+        self._nul = False
         self._headers = []
         self._decoder = None
         self._sniff = False
@@ -181,11 +184,10 @@ class Connection(asyncio.Protocol):
         pooled connection the same way."""
         if self.state is not State.IDLE or self.transport is None or self.transport.is_closing():
             return True
-        sock = self.transport.get_extra_info("socket")
-        if sock is None:
+        if self._fd < 0:
             return False
         try:
-            readable, _, _ = select.select([sock], [], [], 0)
+            readable, _, _ = select.select((self._fd,), (), (), 0)
         except (OSError, ValueError):
             return True
         return bool(readable)
@@ -198,6 +200,8 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        self._fd = sock.fileno() if sock is not None else -1  # for is_stale; valid while the transport is open
 
     def data_received(self, data: bytes) -> None:
         state = self.state
@@ -211,6 +215,8 @@ class Connection(asyncio.Protocol):
         self._received = True
         if state is State.AWAITING_HEAD:
             self._head_bytes += len(data)
+            if b"\0" in data:  # rare: on_headers_complete then looks for it in the values
+                self._nul = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -284,20 +290,25 @@ class Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self._headers
-        if len(name) + len(value) > MAX_LINE_BYTES:  # aiohttp counts the name and the value, not ": "
-            raise _TooLarge(f"a response header line over {MAX_LINE_BYTES} bytes")
         if len(headers) >= MAX_FIELDS:
             raise _TooLarge(f"more than {MAX_FIELDS} response header fields")
-        if b"\0" in value:  # lenient parsing lets it through; aiohttp refuses it, and so do we
-            raise _Unexpected("a NUL byte in a response header")
-        headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        headers.append((name, value))  # checked and decoded together, once the head is complete
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if 100 <= status < 200 and status != 101:  # an interim answer (100 Continue, 103 Early Hints): wait
             self._headers = []
             return
-        headers = CIMultiDict(self._headers)
+        raw = self._headers
+        if self._head_bytes > MAX_LINE_BYTES:  # only a head this long can hold a line over the limit
+            for name, value in raw:
+                if len(name) + len(value) > MAX_LINE_BYTES:  # aiohttp counts the name and the value, not ": "
+                    raise _TooLarge(f"a response header line over {MAX_LINE_BYTES} bytes")
+        if self._nul:
+            for _, value in raw:
+                if b"\0" in value:  # lenient parsing lets it through; aiohttp refuses it, and so do we
+                    raise _Unexpected("a NUL byte in a response header")
+        headers = CIMultiDict([(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw])
         self._keep_alive = self.parser.should_keep_alive()
         # No length and no chunking (no Transfer-Encoding, or one whose last coding is not `chunked`:
         # `identity`, `chunked, identity`, `chunkedchunked`): the body ends where the connection does
@@ -328,8 +339,13 @@ class Connection(asyncio.Protocol):
         if response is None or self.state is not State.READING:
             return
         decoder = self._decoder
-        if decoder is None:
-            self._take(response, body)
+        if decoder is None:  # _take, inline: the common case, once per read
+            self._body_bytes += len(body)
+            if self._body_bytes > self._limit:
+                raise _TooLarge(f"response body over max_response_bytes ({self._limit})")
+            if response.feed(body) > HIGH_WATER and not self._paused and self.transport is not None:
+                self._paused = True
+                self.transport.pause_reading()
             return
         if self._sniff and body:
             self._sniff = False

@@ -82,6 +82,9 @@ class Response:
     def at_eof(self) -> bool:
         return self._ended and not self._chunks
 
+    def ready(self) -> bool:
+        return bool(self._chunks) or self._ended or self._error is not None
+
     def release(self) -> None:
         """Done with a body read to its end: the connection goes back to the pool if it can."""
         self._connection.release(self)
