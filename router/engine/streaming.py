@@ -14,6 +14,10 @@ like any other: errors, an error as the first event, a slow first token
   relayed, so the caller sees the whole answer exactly once), or ends with an
   explicit SSE error event and `StreamInterrupted`, never with `[DONE]`.
 Malformed events are skipped and counted.
+
+The relay works a read at a time: what one upstream read brought (a batch of events)
+is checked event by event and passed on as one batch, so a server writes it to its
+client in one write, as a bare relay would (`ChatStream.batches`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from router import jsonio
 from router.engine.attempt import Attempt
 from router.engine.call import Call
 from router.engine.classify import (
@@ -59,8 +64,8 @@ class _Open:
     """A stream attempt that produced its first event (its attempt is committed)."""
 
     attempt: Attempt
-    events: AsyncIterator[SseEvent]
-    first: SseEvent
+    batches: AsyncIterator[list[SseEvent]]
+    first: list[SseEvent]  # the rest of the batch, from the first event on (malformed ones before it skipped)
     first_payload: dict[str, Any]
     first_at: float  # when the first event arrived: the start of the first chunk gap
     events_closed: bool = False
@@ -85,7 +90,7 @@ class ChatStream:
         self._started = False
         self._finished = False
         self._prefill: str | None = None
-        self._iterator: AsyncIterator[SseEvent] | None = None
+        self._iterator: AsyncIterator[SseEvent] | AsyncIterator[list[SseEvent]] | None = None
         self.transcript = Transcript()
 
     # -- public surface ----------------------------------------------------------------------
@@ -118,9 +123,26 @@ class ChatStream:
             raise
 
     def __aiter__(self) -> AsyncIterator[SseEvent]:
+        """The events one by one."""
+        if self._iterator is None:
+            self._iterator = self._events()
+        return self._iterator  # type: ignore[return-value]
+
+    def batches(self) -> AsyncIterator[list[SseEvent]]:
+        """The same events, grouped as they arrived: one list per upstream read, for a server to write
+        to its client in one write. Iterate either this or the stream itself, not both."""
         if self._iterator is None:
             self._iterator = self._relay()
-        return self._iterator
+        return self._iterator  # type: ignore[return-value]
+
+    async def _events(self) -> AsyncIterator[SseEvent]:
+        relay = self._relay()
+        try:
+            async for batch in relay:
+                for event in batch:
+                    yield event
+        finally:
+            await relay.aclose()
 
     async def __aenter__(self) -> ChatStream:
         return self
@@ -158,115 +180,110 @@ class ChatStream:
                     attempt.fail(classify_status(reply.status, reply.headers, error_body,
                                                  now_wall=engine.clock.wall(), continuation=prefill is not None),
                                  error_body)
-                events = reply.events()
-                first, payload = await self._first_event(events, attempt)
+                batches = reply.batches()
+                first, payload = await self._first_event(batches, attempt)
                 attempt.commit()
             if attempt.committed:
-                return _Open(attempt=attempt, events=events, first=first, first_payload=payload,
+                return _Open(attempt=attempt, batches=batches, first=first, first_payload=payload,
                              first_at=engine.clock.monotonic())
         raise AssertionError("the attempts end with a committed stream or the final error")
 
-    async def _first_event(self, events: AsyncIterator[SseEvent], attempt: Attempt) -> tuple[SseEvent, dict]:
+    async def _first_event(self, batches: AsyncIterator[list[SseEvent]],
+                           attempt: Attempt) -> tuple[list[SseEvent], dict]:
+        """The batch from the first well-formed event on, and that event's payload."""
         call, engine = self._require_call(), self._engine
         ttft_s = call.route.ttft_s
         try:
             while True:
                 try:
                     if ttft_s is None:
-                        event = await anext(events)
+                        batch = await anext(batches)
                     else:
                         remaining = attempt.started + ttft_s - engine.clock.monotonic()
                         async with asyncio.timeout(max(remaining, 0.0)):
-                            event = await anext(events)
+                            batch = await anext(batches)
                 except StopAsyncIteration:
                     attempt.fail(_EMPTY_STREAM)
                 except TimeoutError:
                     raise FirstTokenTimeout(f"no first token within {ttft_s}s") from None
-                if event.is_done:
-                    attempt.fail(_EMPTY_STREAM)
-                payload = payload_of(event)
-                if payload is None:
-                    engine.observer.malformed_event(attempt.target.provider)
-                    continue
-                if payload.get("error"):
-                    attempt.fail(classify_error_payload(payload, {}, now_wall=engine.clock.wall(),
-                                                        continuation=self._prefill is not None))
-                return event, payload
+                for index, event in enumerate(batch):
+                    if event.is_done:
+                        attempt.fail(_EMPTY_STREAM)
+                    payload = payload_of(event)
+                    if payload is None:
+                        engine.observer.malformed_event(attempt.target.provider)
+                        continue
+                    if payload.get("error"):
+                        attempt.fail(classify_error_payload(payload, {}, now_wall=engine.clock.wall(),
+                                                            continuation=self._prefill is not None))
+                    return (batch if index == 0 else batch[index:]), payload
         except BaseException:
-            await events.aclose()  # type: ignore[attr-defined]
+            await batches.aclose()  # type: ignore[attr-defined]
             raise
 
     # -- after the commit point --------------------------------------------------------------
-    async def _relay(self) -> AsyncIterator[SseEvent]:
+    async def _relay(self) -> AsyncIterator[list[SseEvent]]:
         await self.start()
         transcript = self.transcript
+        loads = jsonio.loads
         try:
             while True:
                 opened = self._open
                 assert opened is not None
                 continuing = self._prefill is not None
+                first = opened.first[0]
                 cut = None
-                async for event in self._events_of(opened):
-                    if isinstance(event, Verdict):
-                        cut = event
+                async for batch in _Reads(opened, self._engine):
+                    if isinstance(batch, Verdict):
+                        cut = batch
                         break
-                    if event is _DONE:
-                        await self._complete(opened)
-                        yield _DONE
-                        return
-                    # The first event was parsed before the commit point: not again.
-                    payload = opened.first_payload if event is opened.first else payload_of(event)
-                    if payload is None:
-                        self._engine.observer.malformed_event(opened.attempt.target.provider)
-                        continue
-                    if payload.get("error"):
-                        cut = classify_error_payload(payload, {}, now_wall=self._engine.clock.wall())
+                    passed: list[SseEvent] = []
+                    for event in batch:
+                        if event.data == "[DONE]":  # SseEvent.is_done, without a call per event
+                            await self._complete(opened)
+                            passed.append(_DONE)
+                            yield passed
+                            return
+                        if event is first:  # parsed before the commit point: not again
+                            payload = opened.first_payload
+                        else:  # payload_of, inline: this loop runs once per event
+                            try:
+                                payload = loads(event.data)
+                            except (ValueError, RecursionError):
+                                payload = None
+                            if payload.__class__ is not dict:
+                                self._engine.observer.malformed_event(opened.attempt.target.provider)
+                                continue
+                        if payload.get("error"):
+                            cut = classify_error_payload(payload, {}, now_wall=self._engine.clock.wall())
+                            break
+                        if continuing:
+                            if is_empty_delta(payload):
+                                continue
+                            if transcript.id is not None:
+                                payload["id"] = transcript.id
+                            # `data` must say what `raw` says (the original stream's id, not the continuation's).
+                            data = json.dumps(payload, ensure_ascii=False)
+                            event = SseEvent(raw=encode_event(data), data=data)
+                        transcript.track(payload)
+                        passed.append(event)
+                    if passed:
+                        yield passed  # what came before an error event in the same read is the caller's
+                    if cut is not None:
                         break
-                    if continuing:
-                        if is_empty_delta(payload):
-                            continue
-                        if transcript.id is not None:
-                            payload["id"] = transcript.id
-                        # `data` must say what `raw` says (the original stream's id, not the continuation's).
-                        data = json.dumps(payload, ensure_ascii=False)
-                        event = SseEvent(raw=encode_event(data), data=data)
-                    transcript.track(payload)
-                    yield event
                 else:
                     cut = None if transcript.finished else _CLEAN_EOF_CUT
                 if cut is None or transcript.finished:
                     await self._complete(opened)
-                    yield _DONE
+                    yield [_DONE]
                     return
                 if not await self._continue(opened, cut):
                     error = self._interrupted(opened, cut)
-                    yield SseEvent(raw=error.event, data=error.event[6:].decode().strip())
+                    yield [SseEvent(raw=error.event, data=error.event[6:].decode().strip())]
                     raise error
         finally:
             await self._abandon_current()
             self._finish(CANCELLED)
-
-    async def _events_of(self, opened: _Open) -> AsyncIterator[SseEvent | Verdict]:
-        """The opened stream's events from the first on; failures come out as a Verdict.
-
-        Reports the gap before each event after the first (one clock read per event)."""
-        yield opened.first
-        events = opened.events
-        observer, monotonic = self._engine.observer, self._engine.clock.monotonic
-        provider = opened.attempt.target.provider
-        last = opened.first_at
-        while True:
-            try:
-                event = await anext(events)
-            except StopAsyncIteration:
-                return
-            except TransportError as exc:
-                yield classify_exception(exc)
-                return
-            now = monotonic()
-            observer.stream_chunk_gap(provider, now - last)
-            last = now
-            yield _DONE if event.is_done else event
 
     async def _continue(self, opened: _Open, cut: Verdict) -> bool:
         """Record the cut, then try to resume on a prefill-capable target. False: end with an error."""
@@ -332,7 +349,48 @@ class ChatStream:
         self._finish_call(self._call, outcome)
 
 
+class _Reads:
+    """The opened stream's batches from the first on; a failure comes out as a Verdict.
+
+    Reports the gap before each event after the first: one clock read per read, and the events
+    that came in the same read have gaps of zero. A plain async iterator, not an async generator:
+    one left unfinished (the relay stops at `[DONE]`) would be finalized through the event loop's
+    self-pipe, two system calls per stream."""
+
+    __slots__ = ("_batches", "_ended", "_first", "_last", "_monotonic", "_observer", "_provider")
+
+    def __init__(self, opened: _Open, engine: Engine) -> None:
+        self._batches = opened.batches
+        self._first: list[SseEvent] | None = opened.first
+        self._last = opened.first_at
+        self._observer, self._monotonic = engine.observer, engine.clock.monotonic
+        self._provider = opened.attempt.target.provider
+        self._ended = False
+
+    def __aiter__(self) -> _Reads:
+        return self
+
+    async def __anext__(self) -> list[SseEvent] | Verdict:
+        first = self._first
+        if first is not None:
+            self._first = None
+            if len(first) > 1:  # came with the first event
+                self._observer.stream_chunk_gap(self._provider, 0.0, len(first) - 1)
+            return first
+        if self._ended:
+            raise StopAsyncIteration
+        try:
+            batch = await anext(self._batches)
+        except TransportError as exc:
+            self._ended = True
+            return classify_exception(exc)
+        now = self._monotonic()
+        self._observer.stream_chunk_gap(self._provider, now - self._last, len(batch))
+        self._last = now
+        return batch
+
+
 async def _close_events(opened: _Open) -> None:
     if not opened.events_closed:
         opened.events_closed = True
-        await opened.events.aclose()  # type: ignore[attr-defined]
+        await opened.batches.aclose()  # type: ignore[attr-defined]

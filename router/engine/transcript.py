@@ -25,16 +25,20 @@ class Transcript:
         self.chunks = 0
 
     def track(self, payload: dict[str, Any]) -> None:
+        # Runs once per event: exact-type checks (a decoded payload holds only plain dicts, lists, str).
         self.chunks += 1
-        if self.id is None and isinstance(payload.get("id"), str):
-            self.id = payload["id"]
-        if payload.get("usage"):
-            self.usage = payload["usage"]
+        if self.id is None:
+            chunk_id = payload.get("id")
+            if chunk_id.__class__ is str:
+                self.id = chunk_id
+        usage = payload.get("usage")
+        if usage:
+            self.usage = usage
         choices = payload.get("choices")
-        if not isinstance(choices, list):
+        if choices.__class__ is not list:
             return
         for choice in choices:
-            if not isinstance(choice, dict):
+            if choice.__class__ is not dict:
                 continue
             if choice.get("finish_reason"):
                 self.finished = True
@@ -42,9 +46,9 @@ class Transcript:
                 self.continuable = False
                 continue
             delta = choice.get("delta")
-            if isinstance(delta, dict):
+            if delta.__class__ is dict:
                 content = delta.get("content")
-                if isinstance(content, str):
+                if content.__class__ is str:
                     self.text.append(content)
                 if delta.get("tool_calls") or delta.get("function_call"):
                     self.continuable = False

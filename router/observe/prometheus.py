@@ -222,12 +222,14 @@ class PrometheusObserver:
             ttfb[bisect_left(FINE_BUCKETS, ttfb_s)] += 1
             ttfb[-1] += ttfb_s
 
-    def stream_chunk_gap(self, provider: str, gap_s: float) -> None:
+    def stream_chunk_gap(self, provider: str, gap_s: float, events: int = 1) -> None:
         gap = self._gap_by_provider.get(provider)
         if gap is None:
             gap = self._gap_by_provider[provider] = self._chunk_gap.child((provider,))
         gap[bisect_left(FINE_BUCKETS, gap_s)] += 1
         gap[-1] += gap_s
+        if events > 1:
+            gap[0] += events - 1  # the events that came in the same read: gaps of zero
 
     def tokens_used(self, route: str, provider: str, prompt: int, completion: int) -> None:
         key = (route, provider)

@@ -113,6 +113,7 @@ _server = f.block(ServerPolicy, {
     "head_timeout_s": f.positive,
     "keepalive_s": f.positive,
     "max_connections": f.at_least_one,
+    "event_loop": lambda raw, p: f.choice(raw, p, ("auto", "uvloop", "asyncio")),
 })
 
 

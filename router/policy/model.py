@@ -220,6 +220,7 @@ class ServerPolicy:
     head_timeout_s: float = 10.0  # a request head must be complete within this (slowloris)
     keepalive_s: float = 75.0  # a keep-alive connection with no request for this long is closed
     max_connections: int = 10_000  # open client connections; one more is refused with a 503
+    event_loop: str = "auto"  # auto (uvloop where installed) | uvloop | asyncio
 
 
 @dataclass(frozen=True, slots=True)

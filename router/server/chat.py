@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from router.engine.outcome import CANCELLED, INTERNAL_ERROR, SUCCESS, RequestRecord
 from router.errors import InvalidRequest, RouterError, StreamInterrupted
@@ -21,6 +21,9 @@ from router.request import ChatRequest, clean_request_id, parse_chat_request
 from router.server.access_log import AccessRecord, log_access
 from router.server.answer import SSE_HEADERS, Answer, error_answer, router_error_answer, router_headers
 from router.server.context import ServerContext
+
+if TYPE_CHECKING:
+    from router import SseEvent
 
 log = logging.getLogger("router.server")
 
@@ -104,15 +107,33 @@ async def serve_chat(context: ServerContext, exchange: Exchange) -> None:
             context.in_flight.discard(task)
 
 
-async def events(answer: Answer) -> AsyncIterator[bytes]:
-    """The bytes of an answer's event stream, for a front to write as they come. An interrupted stream
-    yields its SSE error event and ends without `[DONE]`; the outcome is on the record either way."""
+def events(answer: Answer) -> AsyncIterator[tuple[bytes, bool]]:
+    """The bytes of an answer's event stream, for a front to write as they come: one piece per upstream
+    read, so one client write per read, and whether the piece ends the stream (with `[DONE]`, always
+    last). An interrupted stream yields its SSE error event and ends without `[DONE]`; the outcome is
+    on the record either way."""
     assert answer.stream is not None
-    try:
-        async for event in answer.stream:
-            yield event.raw
-    except StreamInterrupted:
-        pass
+    return _Pieces(answer.stream.batches())
+
+
+class _Pieces:
+    """events(): a plain async iterator (an async generator costs the event loop's tracking)."""
+
+    __slots__ = ("_batches",)
+
+    def __init__(self, batches: AsyncIterator[list[SseEvent]]) -> None:
+        self._batches = batches
+
+    def __aiter__(self) -> _Pieces:
+        return self
+
+    async def __anext__(self) -> tuple[bytes, bool]:
+        try:
+            batch = await anext(self._batches)
+        except StreamInterrupted:
+            raise StopAsyncIteration from None
+        return (batch[0].raw if len(batch) == 1 else b"".join([event.raw for event in batch]),
+                batch[-1].data == "[DONE]")
 
 
 async def _decide(context: ServerContext, exchange: Exchange, record: RequestRecord,

@@ -46,20 +46,32 @@ class FastExchange:
             return
         # The head goes out with the first event: one write, as aiohttp does with SseResponse.
         self._head = wire.answer_head(answer.status, answer.headers, length=None, close=close)
-        async for data in events(answer):
-            await self.write_event(data)
-        transport.write(self._pending_head() + wire.LAST_CHUNK)
+        ended = False
+        async for data, ended in events(answer):
+            await self.write_event(data, last=ended)  # the end goes out with the chunked terminator
+        if not ended:
+            transport.write(self._pending_head() + wire.LAST_CHUNK)
         self.started = True
         if tap is not None:
             tap(answer.status, answer.headers, None)
 
-    async def write_event(self, data: bytes) -> None:
+    async def write_event(self, data: bytes, *, last: bool = False) -> None:
+        """One piece of the stream (the events of one upstream read) in one write; `last`: with the
+        chunked terminator."""
         transport = self._transport
         if transport.is_closing():
             raise ConnectionResetError("the client closed the connection")
-        transport.write(self._pending_head() + wire.chunk(data))
+        piece = wire.chunk(data) + wire.LAST_CHUNK if last else wire.chunk(data)
+        head = self._head
+        if head:
+            self._head = b""
+            transport.write(head + piece)
+        else:
+            transport.write(piece)
         self.started = True
-        await self._connection.drain()
+        connection = self._connection
+        if connection.paused:  # the client reads slower than the provider writes: wait for it
+            await connection.drain()
 
     def _pending_head(self) -> bytes:
         head, self._head = self._head, b""

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
+from typing import cast
 
 from aiohttp import web
 
@@ -116,7 +117,7 @@ class _Refused(asyncio.Protocol):
         self._answer = answer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # (uvloop's transports are not asyncio's subclasses)
         transport.write(self._answer)
         transport.close()
 
@@ -141,8 +142,7 @@ class _Connection(asyncio.Protocol):
         self.head_since: float | None = now  # the first head must come within head_timeout_s of connecting
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # (uvloop's transports are not asyncio's subclasses)
         self.front.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -298,6 +298,11 @@ class _Connection(asyncio.Protocol):
         if self._lingering >= 0:
             self.close()
         return None
+
+    @property
+    def paused(self) -> bool:
+        """Writing is paused: the client has not read what was written (drain() waits for it)."""
+        return self._paused
 
     def pause_writing(self) -> None:
         self._paused = True

@@ -75,7 +75,7 @@ class _AiohttpExchange:
         stream = SseResponse(status=answer.status, headers=answer.headers)
         self.response = stream
         await stream.prepare(self.request)
-        async for data in events(answer):
+        async for data, _ in events(answer):
             await stream.write(data)
 
     def abort(self) -> None:

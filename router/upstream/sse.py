@@ -161,15 +161,23 @@ class SseParser:
         else:  # only "\n\n" can end a block
             blocks = chunk.split(b"\n\n")
             tail = blocks.pop().lstrip(b"\n")
+            limit = self._max - 2
             for block in blocks:
                 if block[:1] == b"\n":
                     block = block.lstrip(b"\n")
                     if not block:
                         continue
-                raw = block + b"\n\n"
-                if len(raw) > self._max:
-                    self._fail(len(raw))
-                event = self._parse_block(block, raw)
+                if len(block) > limit:
+                    self._fail(len(block) + 2)
+                if block[:6] == b"data: " and _LF not in block:  # the common one-line event, inline
+                    event = _NEW(SseEvent)
+                    _SET_RAW(event, block + b"\n\n")
+                    _SET_DATA(event, block[6:].decode("utf-8", "replace"))
+                    _SET_EVENT(event, None)
+                    _SET_ID(event, self._last_id)
+                    events.append(event)
+                    continue
+                event = self._parse_block(block, block + b"\n\n")
                 if event is not None:
                     events.append(event)
         if tail:
@@ -256,8 +264,11 @@ _SET_RAW, _SET_DATA, _SET_EVENT, _SET_ID = (
 )
 
 
+_NEW = object.__new__
+
+
 def _new_event(raw: bytes, data: str, event: str | None, id_: str | None) -> SseEvent:
-    instance = object.__new__(SseEvent)
+    instance = _NEW(SseEvent)
     _SET_RAW(instance, raw)
     _SET_DATA(instance, data)
     _SET_EVENT(instance, event)

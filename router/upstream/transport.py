@@ -57,7 +57,8 @@ class Reply(Protocol):
     resent: bool
 
     async def read(self) -> bytes: ...
-    def events(self) -> AsyncIterator[SseEvent]: ...
+    def batches(self) -> AsyncIterator[list[SseEvent]]: ...  # a stream's events, a list per upstream read
+    # (with `aclose()`: the engine closes it once done with the stream)
     def close(self) -> None: ...
 
 
@@ -93,6 +94,8 @@ class _HttpReply:
         self._done = False  # the stream's [DONE] arrived: whatever follows is only the body's framing
 
     async def _read_chunk(self) -> bytes:
+        if self._response.ready():  # there already: no timer to arm and cancel
+            return await self._response.readany()
         limit, bound = _cap(self._idle_s, self._deadline, self._clock.monotonic())
         try:
             async with asyncio.timeout(limit):
@@ -113,21 +116,19 @@ class _HttpReply:
         finally:
             self.close()
 
+    def batches(self) -> _Batches:
+        """The stream's events, one list per read that completed any (close with `aclose()`)."""
+        return _Batches(self)
+
     async def events(self) -> AsyncIterator[SseEvent]:
-        parser = SseParser()
-        secrets = self._secrets
+        """The stream's events one by one."""
+        batches = self.batches()
         try:
-            while chunk := await self._read_chunk():
-                for event in parser.feed(chunk):
-                    if secrets and any(secret in event.raw for secret in secrets):
-                        event = _scrub_event(event, secrets)
-                    if event.is_done:
-                        self._done = True
+            async for batch in batches:
+                for event in batch:
                     yield event
-            if parser.finish():
-                raise BodyCut("stream ended inside an event")
         finally:
-            self.close()
+            await batches.aclose()  # type: ignore[attr-defined]
 
     def close(self) -> None:
         if self._closed:
@@ -142,6 +143,55 @@ class _HttpReply:
         else:
             self._response.close()
         self._release.release()
+
+
+class _Batches:
+    """`_HttpReply.batches()`: a plain async iterator rather than an async generator, which the event loop
+    tracks (a weak set entry each) and finalizes through its self-pipe when left unfinished."""
+
+    __slots__ = ("_ended", "_parser", "_reply")
+
+    def __init__(self, reply: _HttpReply) -> None:
+        self._reply = reply
+        self._parser = SseParser()
+        self._ended = False
+
+    def __aiter__(self) -> _Batches:
+        return self
+
+    async def __anext__(self) -> list[SseEvent]:
+        if self._ended:
+            raise StopAsyncIteration
+        reply, parser = self._reply, self._parser
+        try:
+            while True:
+                chunk = await reply._read_chunk()
+                if not chunk:
+                    if parser.finish():
+                        raise BodyCut("stream ended inside an event")
+                    raise StopAsyncIteration
+                events = parser.feed(chunk)
+                if events:
+                    break
+        except BaseException:
+            self._ended = True
+            reply.close()
+            raise
+        secrets = reply._secrets
+        if secrets:
+            events = [_scrub_event(event, secrets) if any(secret in event.raw for secret in secrets)
+                      else event for event in events]
+        if b"[DONE]" in chunk and (events[-1].data == "[DONE]" or any(event.is_done for event in events)):
+            reply._done = True
+        return events
+
+    async def aclose(self) -> None:
+        self._ended = True
+        self._reply.close()
+
+    def __del__(self) -> None:
+        if not self._ended:  # dropped unfinished: the connection and its slot still go back
+            self._reply.close()
 
 
 @dataclass(slots=True)

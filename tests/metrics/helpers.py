@@ -87,9 +87,10 @@ class CountingObserver(NullObserver):
                          ttfb_s: float | None) -> None:
         self.attempts.append((route, provider, outcome))
 
-    def stream_chunk_gap(self, provider: str, gap_s: float) -> None:
-        assert gap_s >= 0
+    def stream_chunk_gap(self, provider: str, gap_s: float, events: int = 1) -> None:
+        assert gap_s >= 0 and events >= 1
         self.gaps.append((provider, gap_s))
+        self.gaps.extend([(provider, 0.0)] * (events - 1))
 
     def malformed_event(self, provider: str) -> None:
         self.malformed.append(provider)

@@ -112,7 +112,7 @@ async def test_the_daemon_process_at_debug_level_leaks_nothing(spawn: Spawn, fak
     daemon.proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(daemon.proc.wait(), 10) == 0
     stderr = daemon.stderr()
-    assert " DEBUG asyncio: " in stderr  # the watch really saw a debug-level run
+    assert " DEBUG router.server: event loop: " in stderr  # the watch really saw a debug-level run
     assert "invalid_api_key" in daemon.stdout() or "content_policy" in daemon.stdout()
     assert_provider_saw_only_its_own_key(alpha, ALPHA_KEY)
     assert_provider_saw_only_its_own_key(gamma, GAMMA_KEY)

@@ -15,6 +15,7 @@ import pytest
 
 from router.mock import Ok
 from router.server import front
+from router.server.fast_exchange import FastExchange
 from tests.server.conftest import DaemonFactory
 from tests.server.helpers import assert_openai_error, chat_body, port_of, read_response, request_head, sse_data
 from tests.support.daemon import InProcessDaemon
@@ -164,17 +165,13 @@ async def test_connection_close_is_honoured(server: InProcessDaemon) -> None:
 
 async def test_an_internal_error_mid_stream_cuts_the_answer_instead_of_ending_it(
         server: InProcessDaemon, monkeypatch: pytest.MonkeyPatch, http: aiohttp.ClientSession) -> None:
-    original = front._Connection.drain
-    calls = 0
+    original = FastExchange.write_event
 
-    async def failing_drain(self: front._Connection) -> None:  # runs after each event's write
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            raise RuntimeError("a bug in the relay")
-        await original(self)
+    async def failing_write(self: FastExchange, data: bytes, *, last: bool = False) -> None:
+        await original(self, data)  # the first piece goes out, without the stream's end
+        raise RuntimeError("a bug in the relay")
 
-    monkeypatch.setattr(front._Connection, "drain", failing_drain)
+    monkeypatch.setattr(FastExchange, "write_event", failing_write)
     with pytest.raises(aiohttp.ClientPayloadError):
         async with http.post(server.chat_url, data=STREAM_BODY) as response:
             assert response.status == 200

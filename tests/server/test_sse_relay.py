@@ -306,10 +306,10 @@ def abort_on_write(monkeypatch: pytest.MonkeyPatch, via: str, when: Callable[[by
             return response._req.transport
     write = getattr(cls, name)
 
-    async def write_after_a_reset(self: Any, data: bytes) -> None:
+    async def write_after_a_reset(self: Any, data: bytes, **options: Any) -> None:
         if when(data):
             transport_of(self).abort()
-        await write(self, data)
+        await write(self, data, **options)
 
     monkeypatch.setattr(cls, name, write_after_a_reset)
     return {"expect100": via == "aiohttp"}
@@ -349,7 +349,7 @@ async def test_a_client_gone_as_done_is_written_is_logged_with_the_outcome_the_m
     primary = await fake_provider("primary")
     primary.set_default(Ok(content="complete answer", chunks=3))
     server = await daemon(simple_policy(primary), observer=PrometheusObserver())
-    options = abort_on_write(monkeypatch, via, lambda data: data == b"data: [DONE]\n\n")
+    options = abort_on_write(monkeypatch, via, lambda data: data.endswith(b"data: [DONE]\n\n"))
     with contextlib.suppress(aiohttp.ClientError):
         async with http.post(server.chat_url, json=chat_body(stream=True), **options) as response:
             await response.read()

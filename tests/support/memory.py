@@ -43,18 +43,31 @@ class MemoryReply:
     failure: TransportError | None = None
     closed: bool = False
     resent: bool = False
+    per_read: int = 1
 
     async def read(self) -> bytes:
         return self.body
 
-    async def events(self) -> AsyncIterator[SseEvent]:
+    async def batches(self) -> AsyncIterator[list[SseEvent]]:
+        """`per_read` events a batch, as if each upstream read had brought that many."""
+        batch: list[SseEvent] = []
         for index, event in enumerate(SseParser().feed(self.body)):
-            if self.hang_after is not None and index >= self.hang_after:
-                await asyncio.get_running_loop().create_future()
-            if self.fail_after is not None and index >= self.fail_after:
+            stop = (self.hang_after is not None and index >= self.hang_after) or \
+                (self.fail_after is not None and index >= self.fail_after)
+            if stop:
+                if batch:
+                    yield batch
+                    batch = []
+                if self.hang_after is not None and index >= self.hang_after:
+                    await asyncio.get_running_loop().create_future()
                 assert self.failure is not None
                 raise self.failure
-            yield event
+            batch.append(event)
+            if len(batch) >= self.per_read:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
         if self.fail_after is not None and self.failure is not None:
             raise self.failure
 
@@ -92,8 +105,9 @@ def sse_body(pieces: Iterable[str], *, usage: Mapping[str, int] | None = None, m
 
 
 def stream_reply(body: bytes, *, hang_after: int | None = None, fail_after: int | None = None,
-                 failure: TransportError | None = None) -> MemoryReply:
-    return MemoryReply(200, body, dict(SSE_HEADERS), hang_after=hang_after, fail_after=fail_after, failure=failure)
+                 failure: TransportError | None = None, per_read: int = 1) -> MemoryReply:
+    return MemoryReply(200, body, dict(SSE_HEADERS), hang_after=hang_after, fail_after=fail_after, failure=failure,
+                       per_read=per_read)
 
 
 Step = MemoryReply | TransportError | Callable[[], MemoryReply]

@@ -90,6 +90,6 @@ async def open_tunnel(loop: asyncio.AbstractEventLoop, proxy: Proxy, host: str, 
     except BaseException:
         transport.close()
         raise
-    assert isinstance(secure, asyncio.Transport)
+    assert secure is not None
     protocol.connection_made(secure)
     return protocol

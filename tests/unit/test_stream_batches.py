@@ -1,0 +1,114 @@
+"""A stream is relayed a read at a time: what one upstream read brought goes on as one batch.
+
+The stream rules are the same whatever the provider's reads look like: the same events reach
+the caller, malformed ones are skipped and counted, an error event cuts the stream where it
+stands (what came before it in the same read is the caller's), `[DONE]` ends it, and the gap
+metric has one observation per event after the first. Each test runs with one event per read
+(as a paced provider sends them) and with many (as an instant one does).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from router import StreamInterrupted
+from router.policy.model import Target
+from tests.metrics.helpers import CountingObserver
+from tests.support.memory import REQUEST, MemoryReply, ScriptedTransport, harness, sse_body, stream_reply
+
+A = Target("a", "model-a", priority=0)
+B = Target("b", "model-b", priority=1)
+PIECES = ["The ", "quick ", "brown ", "fox."]
+READS = [1, 2, 3, 100]
+
+
+def chunk(content: str) -> bytes:
+    return b"data: " + json.dumps({"id": "s1", "choices": [{"index": 0, "delta": {"content": content},
+                                                                "finish_reason": None}]}).encode() + b"\n\n"
+
+
+def text_of(data: list[str]) -> str:
+    text = []
+    for item in data:
+        if item != "[DONE]":
+            for choice in json.loads(item).get("choices", ()):
+                text.append((choice.get("delta") or {}).get("content") or "")
+    return "".join(text)
+
+
+async def relay(reply: MemoryReply, *, batches: bool = False, **scripts: list[MemoryReply]) -> tuple[
+        list[str], list[list[str]], CountingObserver, ScriptedTransport]:
+    observer = CountingObserver()
+    transport = ScriptedTransport(a=[reply], **scripts)
+    h = harness([A, B], transport, observer=observer, prefill={"a", "b"})
+    seen: list[str] = []
+    grouped: list[list[str]] = []
+    async with h.router.stream({**REQUEST, "stream": True}) as stream:
+        if batches:
+            async for batch in stream.batches():
+                grouped.append([event.data for event in batch])
+                seen.extend(grouped[-1])
+        else:
+            async for event in stream:
+                seen.append(event.data)
+    return seen, grouped, observer, transport
+
+
+@pytest.mark.parametrize("per_read", READS)
+async def test_the_caller_sees_the_same_events_however_the_provider_reads_come(per_read: int) -> None:
+    body = sse_body(PIECES, usage={"prompt_tokens": 3, "completion_tokens": 4})
+    expected, _, _, _ = await relay(stream_reply(body))
+    seen, grouped, observer, _ = await relay(stream_reply(body, per_read=per_read), batches=True)
+    assert seen == expected and seen[-1] == "[DONE]"
+    assert text_of(seen) == "".join(PIECES)
+    assert all(len(batch) <= per_read for batch in grouped)
+    assert len(grouped) == -(-len(seen) // per_read)  # one batch per read
+    # One gap per event after the first; the events of one read came together (gaps of zero).
+    assert len(observer.gaps) == len(seen) - 1
+    if per_read > 1:
+        assert sum(1 for _, gap in observer.gaps if gap == 0.0) >= len(seen) - len(grouped)
+
+
+@pytest.mark.parametrize("per_read", READS)
+async def test_a_malformed_event_inside_a_read_is_skipped_and_counted(per_read: int) -> None:
+    body = sse_body(PIECES[:2], finish=False, done=False) + b"data: {not json\n\n" + sse_body(PIECES[2:])
+    seen, _, observer, _ = await relay(stream_reply(body, per_read=per_read))
+    assert "{not json" not in seen
+    assert text_of(seen) == "".join(PIECES)
+    assert observer.malformed == ["a"]
+
+
+@pytest.mark.parametrize("per_read", READS)
+async def test_an_error_event_inside_a_read_cuts_there_and_the_answer_continues_elsewhere(per_read: int) -> None:
+    error = {"error": {"message": "boom", "type": "error", "code": "invalid_api_key"}}  # a fail-over verdict
+    body = sse_body(PIECES[:2], finish=False, done=False) + b"data: " + json.dumps(error).encode() + b"\n\n" \
+        + chunk("never shown")
+    rest = stream_reply(sse_body(["brown fox."]))
+    seen, _, _, transport = await relay(stream_reply(body, per_read=per_read), b=[rest])
+    assert transport.providers == ["a", "b"]
+    assert "never shown" not in text_of(seen)
+    assert text_of(seen) == "".join(PIECES)  # what came before the error, then the continuation, once
+    assert seen[-1] == "[DONE]"
+
+
+@pytest.mark.parametrize("per_read", READS)
+async def test_events_after_done_in_the_same_read_are_not_relayed(per_read: int) -> None:
+    body = sse_body(PIECES) + chunk("after the end")
+    seen, _, _, _ = await relay(stream_reply(body, per_read=per_read))
+    assert seen[-1] == "[DONE]" and "after the end" not in text_of(seen)
+
+
+@pytest.mark.parametrize("per_read", READS)
+async def test_a_read_without_finish_or_done_at_the_end_is_a_truncation(per_read: int) -> None:
+    body = sse_body(PIECES, finish=False, done=False)
+    observer = CountingObserver()
+    transport = ScriptedTransport(a=[stream_reply(body, per_read=per_read)])
+    h = harness([A], transport, observer=observer)
+    seen: list[str] = []
+    with pytest.raises(StreamInterrupted):
+        async with h.router.stream({**REQUEST, "stream": True}) as stream:
+            async for event in stream:
+                seen.append(event.data)
+    assert "[DONE]" not in seen and json.loads(seen[-1])["error"]["code"] == "stream_interrupted"
