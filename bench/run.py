@@ -1,14 +1,24 @@
-"""Benchmark: direct to the upstream vs a bare aiohttp relay vs the router, in one run.
+"""Benchmark: direct to the upstream vs two bare aiohttp relays vs the router, in one run.
 
     python bench/run.py [--duration 5] [--connections 1,16,64,256] [--rounds 3] [--out bench/results]
 
-The router (and the bare relay) are pinned to CPU 0; wrk and the fake upstream
-to CPU 1, so the relay under test owns one core. Prints and writes (JSON,
-Markdown table, PNG chart): requests/s and p50/p99 latency per connection count,
-added latency over direct, router CPU time per request, idle and peak RSS, time
-to ready, and streaming time-to-first-byte and inter-event delay added.
-wrk comes from Debian (installed when missing); without it, a Python load loop
-is used and the report says so.
+The relays and the router take turns on CPU 0; wrk, the fake upstream and the streaming
+clients run on CPU 1, so the side under test owns one core. Two references: the bare aiohttp
+relay on asyncio's event loop, and the same relay on uvloop (the fastest Python relay a user
+could write in an afternoon). Every step runs `--rounds` times, interleaved (each side at each
+step, then again), and the tables show medians and the spread over rounds.
+
+- JSON: requests/s, p50/p99 and CPU per request at 1, 16, 64, 256 connections (wrk).
+- Streams (wrk reads each stream to its end): instant 21-event streams (~5 KB, one upstream
+  write) at 16 and 64 connections, a 2,000-event answer, and 32 KB / 256 KB prompts as JSON and
+  as streams: streams/s and CPU per stream and per event.
+- A crowd of paced streams: 1,000 at once, 50 events 20 ms apart: CPU per event and the p99 gap
+  between events as the clients saw it.
+- The time to the first event of an instant stream, one client, sequential.
+- The router's idle and peak RSS and its time from spawn to /readyz.
+
+Writes results.json, results.md and two charts (latency.png, streams.png). wrk comes from Debian
+(installed when missing); without it, a Python load loop is used and the report says so.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-UPSTREAM_PORT, RELAY_PORT, ROUTER_PORT = 9301, 9302, 9303
+UPSTREAM_PORT, RELAY_PORT, ROUTER_PORT, UVLOOP_RELAY_PORT = 9301, 9302, 9303, 9304
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "Explain quantum computing in one paragraph."}],
         "max_tokens": 250, "temperature": 0.7}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -57,8 +67,11 @@ def pinned(cpu: int, argv: list[str]) -> list[str]:
 
 
 def spawn(cpu: int, argv: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(pinned(cpu, argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
-                            start_new_session=True)
+    """Start a process pinned to `cpu`; its stderr goes to a file in the temp directory (a pipe nobody
+    reads fills up and blocks a process that logs, and a relay logs every connection wrk drops)."""
+    with tempfile.NamedTemporaryFile(prefix=f"bench-{Path(argv[1]).stem}-", suffix=".log", delete=False) as log:
+        return subprocess.Popen(pinned(cpu, argv), stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT,
+                                start_new_session=True)
 
 
 def wait_http(url: str, timeout_s: float = 15.0, method: str = "GET") -> float:
@@ -130,38 +143,6 @@ async def _python_load(url: str, connections: int, duration: int) -> dict[str, f
             "p99_ms": latencies[int(len(latencies) * 0.99)], "requests": len(latencies), "errors": 0}
 
 
-async def _stream_timings(url: str, streams: int, max_tokens: int | None = None) -> tuple[list[float], list[float]]:
-    """Time to the first event and the gaps between events of `streams` sequential streams (one
-    keep-alive connection; the first stream, which also connects, is not counted)."""
-    import aiohttp
-
-    ttfb: list[float] = []
-    gaps: list[float] = []
-    request = {**BODY, "stream": True}
-    if max_tokens is not None:
-        request["max_tokens"] = max_tokens
-    body = json.dumps(request).encode()
-    async with aiohttp.ClientSession() as session:
-        for index in range(streams + 1):
-            start = time.perf_counter()
-            last = None
-            async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
-                buffer = b""
-                async for data in resp.content.iter_any():
-                    now = time.perf_counter()
-                    buffer += data
-                    while b"\n\n" in buffer:
-                        _, buffer = buffer.split(b"\n\n", 1)
-                        if index == 0:
-                            continue
-                        if last is None:
-                            ttfb.append((now - start) * 1000)
-                        else:
-                            gaps.append((now - last) * 1000)
-                        last = now
-    return ttfb, gaps
-
-
 def _on_cpu(cpu: int) -> set[int] | None:
     """Pin this process (the streaming client, a load generator) to `cpu`; returns the old affinity."""
     if not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2:
@@ -176,92 +157,131 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
+# The streaming steps (wrk reads each stream to its end): name, model, stream, prompt bytes, connections,
+# events per stream (0: a JSON answer).
+STREAM_STEPS: list[tuple[str, str, bool, int, int, int]] = [
+    ("instant 21 events, 16 conns", "instant-21", True, 0, 16, 21),
+    ("instant 21 events, 64 conns", "instant-21", True, 0, 64, 21),
+    ("2,000 events, 16 conns", "instant-2000", True, 0, 16, 2000),
+    ("32 KB prompt, JSON, 16 conns", "bench", False, 32 * 1024, 16, 0),
+    ("256 KB prompt, JSON, 16 conns", "bench", False, 256 * 1024, 16, 0),
+    ("32 KB prompt, stream, 16 conns", "instant-21", True, 32 * 1024, 16, 21),
+    ("256 KB prompt, stream, 16 conns", "instant-21", True, 256 * 1024, 16, 21),
+]
+CROWD_MODEL, CROWD_EVENTS = "paced-50-100", 50
+SIDES = ("direct", "relay", "relay_uvloop", "router")  # the last three take turns on CPU 0
+
+
+def _raise_file_limit() -> None:
+    """The crowd opens a thousand connections per side; the processes started here inherit the limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 8192:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(8192, hard), hard))
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=5, help="seconds per load step (default 5)")
-    parser.add_argument("--connections", default="1,16,64,256")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk step (default 5)")
+    parser.add_argument("--connections", default="1,16,64,256", help="JSON steps")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; tables show medians")
-    parser.add_argument("--streams", type=int, default=90,
-                        help="sequential 10-event streams per side for the inter-event gaps (default 90: a p99 "
-                             "over 810 gaps; with 270, one stray gap moved it by a millisecond)")
+    parser.add_argument("--crowd", type=int, default=1000, help="paced streams at once (default 1000)")
     parser.add_argument("--ttfb-streams", type=int, default=300,
-                        help="sequential one-event streams per side for the time to first event (default 300)")
+                        help="sequential instant streams per side for the time to first event (default 300)")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
+    from report import render_charts, render_table
+    from streams import instant_ttfb, paced_crowd, request_body, wrk_script
+
+    _raise_file_limit()
     connections = [int(c) for c in args.connections.split(",")]
     wrk = ensure_wrk()
+    if wrk is None:
+        print("wrk is not available: the streaming steps need it; JSON steps use a Python load loop")
     generator = "wrk" if wrk else "python (wrk unavailable)"
-    script = Path(tempfile.mkdtemp()) / "post.lua"
-    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                      f"wrk.body = {json.dumps(json.dumps(BODY))}\n")
+    scripts_dir = Path(tempfile.mkdtemp())
+    json_script = wrk_script(scripts_dir, "json", BODY)
+    step_scripts = {name: wrk_script(scripts_dir, f"step{index}", request_body(model, stream=stream,
+                                                                               prompt_bytes=prompt))
+                    for index, (name, model, stream, prompt, _, _) in enumerate(STREAM_STEPS)}
     py = sys.executable
     procs: list[subprocess.Popen[bytes]] = []
+    ports = {"direct": UPSTREAM_PORT, "relay": RELAY_PORT, "relay_uvloop": UVLOOP_RELAY_PORT, "router": ROUTER_PORT}
+    samples: dict[str, Any] = {"json": {c: {s: [] for s in SIDES} for c in connections},
+                               "streams": {name: {s: [] for s in SIDES} for name, *_ in STREAM_STEPS},
+                               "crowd": {s: [] for s in SIDES}, "ttfb": {s: [] for s in SIDES}}
     try:
         procs.append(spawn(1, [py, str(HERE / "upstream.py"), "--port", str(UPSTREAM_PORT)]))
         wait_http(f"http://127.0.0.1:{UPSTREAM_PORT}/v1/chat/completions", method="POST")
         relay = spawn(0, [py, str(HERE / "bare_relay.py"), "--port", str(RELAY_PORT)])
-        procs.append(relay)
-        wait_http(f"http://127.0.0.1:{RELAY_PORT}/v1/chat/completions", method="POST")
+        uv_relay = spawn(0, [py, str(HERE / "bare_relay.py"), "--port", str(UVLOOP_RELAY_PORT), "--uvloop"])
+        procs += [relay, uv_relay]
+        for port in (RELAY_PORT, UVLOOP_RELAY_PORT):
+            wait_http(f"http://127.0.0.1:{port}/v1/chat/completions", method="POST")
         spawned = time.monotonic()
-        router = spawn(0, [py, "-m", "router.cli", "serve", "-c", str(HERE / "policy.yaml"),
-                           "--log-level", "warning"])
+        router = spawn(0, [py, "-m", "router.cli", "serve", "-c", str(HERE / "policy.yaml"), "--log-level", "warning"])
         procs.append(router)
         wait_http(f"http://127.0.0.1:{ROUTER_PORT}/readyz", timeout_s=30)
         ready_s = time.monotonic() - spawned
         time.sleep(0.5)
         idle_rss = rss_mb(router.pid)
-        targets = {"direct": UPSTREAM_PORT, "relay": RELAY_PORT, "router": ROUTER_PORT}
-        results: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in targets}
-        router_cpu: dict[int, float] = {}
-        relay_cpu: dict[int, float] = {}
-        pids = {"router": router.pid, "relay": relay.pid}
-        # Every step runs `--rounds` times, interleaved (all of direct / relay / router at every
-        # connection count, then again), and the tables show medians: the shared cores are noisy.
-        samples: dict[str, dict[int, list[dict[str, float]]]] = {name: {c: [] for c in connections}
-                                                                 for name in targets}
+        pids = {"relay": relay.pid, "relay_uvloop": uv_relay.pid, "router": router.pid}
+
+        def measured(side: str, run: Any) -> tuple[Any, float]:
+            """Run a step against one side; its result and the side's CPU seconds meanwhile."""
+            pid = pids.get(side)
+            before = cpu_seconds(pid) if pid else 0.0
+            result = run()
+            return result, (cpu_seconds(pid) - before if pid else 0.0)
+
         for round_index in range(args.rounds):
+            order = SIDES if round_index % 2 == 0 else tuple(reversed(SIDES))
             for conns in connections:
-                for name, port in targets.items():
-                    url = f"http://127.0.0.1:{port}/v1/chat/completions"
-                    pid = pids.get(name)
-                    before = cpu_seconds(pid) if pid else 0.0
-                    stats = run_wrk(url, conns, args.duration, script) if wrk \
-                        else asyncio.run(_python_load(url, conns, args.duration))
-                    if pid:
-                        stats["cpu_ms"] = (cpu_seconds(pid) - before) / max(stats["requests"], 1) * 1000
-                    samples[name][conns].append(stats)
-                    print(f"round {round_index + 1} {name:7} c={conns:<4} {stats['rps']:9.0f} req/s  "
-                          f"p50 {stats['p50_ms']:7.3f} ms  p99 {stats['p99_ms']:7.3f} ms  errors {stats['errors']}",
-                          flush=True)
-        for name in targets:
-            for conns in connections:
-                runs = samples[name][conns]
-                results[name][conns] = {key: statistics.median(run[key] for run in runs)
-                                        for key in ("rps", "p50_ms", "p99_ms")}
-                results[name][conns]["requests"] = sum(run["requests"] for run in runs)
-                results[name][conns]["errors"] = sum(run["errors"] for run in runs)
-                results[name][conns]["rps_range"] = [min(run["rps"] for run in runs), max(run["rps"] for run in runs)]
-                if name in pids:
-                    (router_cpu if name == "router" else relay_cpu)[conns] = statistics.median(
-                        run["cpu_ms"] for run in runs)
+                for side in order:
+                    url = f"http://127.0.0.1:{ports[side]}/v1/chat/completions"
+                    stats, cpu = measured(side, lambda u=url, c=conns: run_wrk(u, c, args.duration, json_script)
+                                          if wrk else asyncio.run(_python_load(u, c, args.duration)))
+                    stats["cpu_ms"] = cpu / max(stats["requests"], 1) * 1000
+                    samples["json"][conns][side].append(stats)
+                    print(f"round {round_index + 1} JSON {side:12} c={conns:<4} {stats['rps']:9.0f} req/s  "
+                          f"p50 {stats['p50_ms']:7.3f} ms  p99 {stats['p99_ms']:7.3f} ms  CPU "
+                          f"{stats['cpu_ms']:.3f} ms/req  errors {stats['errors']}", flush=True)
+            if wrk:
+                for name, _, _, _, conns, events in STREAM_STEPS:
+                    for side in order:
+                        url = f"http://127.0.0.1:{ports[side]}/v1/chat/completions"
+                        stats, cpu = measured(side, lambda u=url, c=conns, n=name: run_wrk(
+                            u, c, args.duration, step_scripts[n]))
+                        stats["cpu_ms"] = cpu / max(stats["requests"], 1) * 1000
+                        stats["cpu_us_per_event"] = stats["cpu_ms"] * 1000 / events if events else None
+                        samples["streams"][name][side].append(stats)
+                        print(f"round {round_index + 1} {name:32} {side:12} {stats['rps']:8.0f}/s  CPU "
+                              f"{stats['cpu_ms']:.3f} ms  errors {stats['errors']}", flush=True)
+            affinity = _on_cpu(1)  # the clients are load generators: CPU 1, like wrk
+            try:
+                for side in order:
+                    crowd, cpu = measured(side, lambda s=side: asyncio.run(paced_crowd(
+                        ports[s], streams=args.crowd, model=CROWD_MODEL, waves=1, timeout_s=60)))
+                    gaps = crowd.gaps_ms
+                    samples["crowd"][side].append({
+                        "streams": crowd.streams, "failed": crowd.failed, "events": crowd.events,
+                        "cpu_us_per_event": cpu * 1e6 / max(crowd.events, 1),
+                        "gap_p50_ms": percentile(gaps, 0.5) if gaps else float("nan"),
+                        "gap_p99_ms": percentile(gaps, 0.99) if gaps else float("nan")})
+                    print(f"round {round_index + 1} crowd {side:12} {crowd.streams} streams ({crowd.failed} failed), "
+                          f"{crowd.events} events, CPU {samples['crowd'][side][-1]['cpu_us_per_event']:.1f} "
+                          f"µs/event, gap p99 {samples['crowd'][side][-1]['gap_p99_ms']:.2f} ms", flush=True)
+                    samples["ttfb"][side] += asyncio.run(instant_ttfb(ports[side],
+                                                                      max(1, args.ttfb_streams // args.rounds)))
+            finally:
+                if affinity is not None:
+                    os.sched_setaffinity(0, affinity)
         peak_rss = rss_mb(router.pid, "VmHWM")
-        # Interleaved rounds, so a noisy moment on the shared cores hits all three sides alike. The
-        # client is a load generator: it runs on CPU 1 with the upstream, as wrk does.
-        streams: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in targets}
-        rounds = args.rounds
-        affinity = _on_cpu(1)
-        try:
-            for _ in range(rounds):
-                for name, port in targets.items():
-                    url = f"http://127.0.0.1:{port}/v1/chat/completions"
-                    ttfb, _ = asyncio.run(_stream_timings(url, max(1, args.ttfb_streams // rounds), max_tokens=1))
-                    _, gaps = asyncio.run(_stream_timings(url, max(1, args.streams // rounds)))
-                    streams[name][0].extend(ttfb)
-                    streams[name][1].extend(gaps)
-        finally:
-            if affinity is not None:
-                os.sched_setaffinity(0, affinity)
-        direct_s, relay_s, router_s = streams["direct"], streams["relay"], streams["router"]
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -272,87 +292,62 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
 
-    summary = {
-        "generator": generator, "duration_s": args.duration, "rounds": args.rounds, "results": results,
-        "router_cpu_ms_per_request": router_cpu, "relay_cpu_ms_per_request": relay_cpu,
-        "throughput_vs_relay": {c: results["router"][c]["rps"] / results["relay"][c]["rps"] for c in connections},
-        "added_latency_ms": {c: {"p50": results["router"][c]["p50_ms"] - results["direct"][c]["p50_ms"],
-                                 "p99": results["router"][c]["p99_ms"] - results["direct"][c]["p99_ms"]}
-                             for c in connections},
-        "router_idle_rss_mb": idle_rss, "router_peak_rss_mb": peak_rss, "router_ready_s": ready_s,
-        "stream": {
-            "ttfb_p50_direct_ms": statistics.median(direct_s[0]), "ttfb_p50_router_ms": statistics.median(router_s[0]),
-            "ttfb_p50_added_ms": statistics.median(router_s[0]) - statistics.median(direct_s[0]),
-            "ttfb_p50_relay_ms": statistics.median(relay_s[0]),
-            "ttfb_p50_relay_added_ms": statistics.median(relay_s[0]) - statistics.median(direct_s[0]),
-            "ttfb_streams_per_side": len(router_s[0]),
-            "gap_streams_per_side": max(1, args.streams // args.rounds) * args.rounds,
-            "gap_p99_direct_ms": percentile(direct_s[1], 0.99), "gap_p99_router_ms": percentile(router_s[1], 0.99),
-            "gap_p99_added_ms": percentile(router_s[1], 0.99) - percentile(direct_s[1], 0.99),
-        },
-    }
+    summary = summarize(samples, connections, generator=generator, duration=args.duration, rounds=args.rounds,
+                        crowd_streams=args.crowd, idle_rss=idle_rss, peak_rss=peak_rss, ready_s=ready_s)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(summary, indent=2))
-    table = render_table(summary, connections)
+    table = render_table(summary)
     (out / "results.md").write_text(table)
     print(table)
-    render_chart(results, connections, out / "latency.png")
+    render_charts(summary, out)
     return 0
 
 
-def render_table(summary: dict, connections: list[int]) -> str:
-    res = summary["results"]
-    lines = [f"Load generator: {summary['generator']}, {summary['duration_s']} s per step, medians of "
-             f"{summary['rounds']} interleaved rounds.", "",
-             "| connections | direct req/s | relay req/s | router req/s | router/relay | direct p50/p99 ms "
-             "| router p50/p99 ms | added p50/p99 ms | CPU ms/req relay / router |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for c in connections:
-        d, r, x = res["direct"][c], res["relay"][c], res["router"][c]
-        added = summary["added_latency_ms"][c]
-        lines.append(f"| {c} | {d['rps']:.0f} | {r['rps']:.0f} | {x['rps']:.0f} | "
-                     f"{summary['throughput_vs_relay'][c]:.2f} | {d['p50_ms']:.3f} / {d['p99_ms']:.3f} | "
-                     f"{x['p50_ms']:.3f} / {x['p99_ms']:.3f} | {added['p50']:.3f} / {added['p99']:.3f} | "
-                     f"{summary['relay_cpu_ms_per_request'][c]:.3f} / {summary['router_cpu_ms_per_request'][c]:.3f} |")
-    s = summary["stream"]
-    lines += ["", f"Router RSS: {summary['router_idle_rss_mb']:.1f} MB idle, "
-                  f"{summary['router_peak_rss_mb']:.1f} MB peak; ready {summary['router_ready_s']:.2f} s after start.",
-              f"Streaming (50 ms-paced upstream; {s['ttfb_streams_per_side']} one-event streams per side for the "
-              f"time to first event, {s['gap_streams_per_side']} ten-event streams for the gaps): TTFB p50 direct "
-              f"{s['ttfb_p50_direct_ms']:.3f} ms, relay {s['ttfb_p50_relay_ms']:.3f} ms (added "
-              f"{s['ttfb_p50_relay_added_ms']:.3f} ms), router "
-              f"{s['ttfb_p50_router_ms']:.3f} ms (added {s['ttfb_p50_added_ms']:.3f} ms); inter-event gap p99 "
-              f"direct {s['gap_p99_direct_ms']:.3f} ms, router {s['gap_p99_router_ms']:.3f} ms "
-              f"(added {s['gap_p99_added_ms']:.3f} ms).", ""]
-    return "\n".join(lines)
+def summarize(samples: dict[str, Any], connections: list[int], **facts: Any) -> dict[str, Any]:
+    """Medians and spreads per side and step, and the router's ratios to each relay, round by round."""
+    def ratios(runs: dict[str, list[dict[str, float]]], key: str = "rps") -> dict[str, dict[str, float]]:
+        router = [run[key] for run in runs["router"]]
+        return {ref: _spread([r / x[key] for r, x in zip(router, runs[ref], strict=True)])
+                for ref in ("relay", "relay_uvloop")}
 
-
-def render_chart(results: dict, connections: list[int], path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no chart (pip install matplotlib)")
-        return
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for name, style in (("direct", "o-"), ("relay", "s--"), ("router", "^-")):
-        axes[0].plot(connections, [results[name][c]["p50_ms"] for c in connections], style, label=name)
-        axes[1].plot(connections, [results[name][c]["p99_ms"] for c in connections], style, label=name)
-    for ax, title in zip(axes, ("p50 latency", "p99 latency"), strict=True):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(connections, [str(c) for c in connections])
-        ax.set_yscale("log")
-        ax.set_xlabel("concurrent connections")
-        ax.set_ylabel("ms")
-        ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    fig.suptitle("Latency vs concurrency (same run, router and relay pinned to one core)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    json_steps = {}
+    for conns in connections:
+        runs = samples["json"][conns]
+        json_steps[conns] = {
+            side: {"rps": _spread([r["rps"] for r in runs[side]]),
+                   "p50_ms": statistics.median(r["p50_ms"] for r in runs[side]),
+                   "p99_ms": statistics.median(r["p99_ms"] for r in runs[side]),
+                   "cpu_ms": statistics.median(r["cpu_ms"] for r in runs[side]),
+                   "requests": sum(r["requests"] for r in runs[side]), "errors": sum(r["errors"] for r in runs[side])}
+            for side in SIDES}
+        json_steps[conns]["router_vs"] = ratios(runs)
+    stream_steps = {}
+    for name, *_ in STREAM_STEPS:
+        runs = samples["streams"][name]
+        if not runs["router"]:
+            continue
+        stream_steps[name] = {
+            side: {"rps": _spread([r["rps"] for r in runs[side]]),
+                   "cpu_ms": statistics.median(r["cpu_ms"] for r in runs[side]),
+                   "cpu_us_per_event": statistics.median(r["cpu_us_per_event"] for r in runs[side])
+                   if runs[side][0]["cpu_us_per_event"] is not None else None,
+                   "errors": sum(r["errors"] for r in runs[side])}
+            for side in SIDES}
+        stream_steps[name]["router_vs"] = ratios(runs)
+    crowd = {side: {key: statistics.median(run[key] for run in samples["crowd"][side])
+                    for key in ("cpu_us_per_event", "gap_p50_ms", "gap_p99_ms")}
+             | {"failed": sum(run["failed"] for run in samples["crowd"][side]),
+                "streams": sum(run["streams"] for run in samples["crowd"][side])} for side in SIDES}
+    for side in SIDES:
+        crowd[side]["gap_p99_added_ms"] = crowd[side]["gap_p99_ms"] - crowd["direct"]["gap_p99_ms"]
+    crowd["router_cpu_vs"] = {ref: _spread([r["cpu_us_per_event"] / x["cpu_us_per_event"] for r, x in zip(
+        samples["crowd"]["router"], samples["crowd"][ref], strict=True)]) for ref in ("relay", "relay_uvloop")}
+    ttfb = {side: statistics.median(samples["ttfb"][side]) for side in SIDES}
+    return {**facts, "connections": connections, "json": json_steps, "streams": stream_steps,
+            "crowd": crowd, "crowd_model": CROWD_MODEL,
+            "ttfb_ms": ttfb, "ttfb_added_ms": {side: ttfb[side] - ttfb["direct"] for side in SIDES},
+            "ttfb_streams_per_side": len(samples["ttfb"]["router"])}
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def _cap(configured: float, deadline: float, now: float) -> tuple[float, bool]:
 
 class _HttpReply:
     __slots__ = ("_body", "_clock", "_closed", "_deadline", "_done", "_idle_s", "_release", "_response",
-                 "_secrets", "headers", "resent", "status")
+                 "_secrets", "_within", "headers", "resent", "status")
 
     def __init__(self, response: Body, outgoing: Outgoing, clock: Clock,
                  release: asyncio.Semaphore, body: bytes | None = None, secrets: tuple[bytes, ...] = ()) -> None:
@@ -86,6 +86,8 @@ class _HttpReply:
         self.status = response.status
         self.headers: Mapping[str, str] = response.headers
         self.resent = response.resent
+        # The lean client's reads take their idle limit themselves (http1.Response.readany_within).
+        self._within = getattr(response, "readany_within", None)
         self._idle_s = outgoing.provider.timeouts.idle_s
         self._deadline = outgoing.deadline
         self._clock = clock
@@ -94,9 +96,16 @@ class _HttpReply:
         self._done = False  # the stream's [DONE] arrived: whatever follows is only the body's framing
 
     async def _read_chunk(self) -> bytes:
-        if self._response.ready():  # there already: no timer to arm and cancel
-            return await self._response.readany()
+        response = self._response
+        if response.ready():  # there already: no timer to arm and cancel
+            return await response.readany()
         limit, bound = _cap(self._idle_s, self._deadline, self._clock.monotonic())
+        within = self._within
+        if within is not None:  # the lean client's one timer per response
+            try:
+                return await within(limit)
+            except TimeoutError:
+                raise IdleTimeout(f"no data for {limit:.3g}s", deadline_bound=bound) from None
         try:
             async with asyncio.timeout(limit):
                 return await self._response.readany()

@@ -316,8 +316,8 @@ def test_unknown_client_key_is_rejected_with_suggestion() -> None:
 
 def test_unknown_key_without_close_match_lists_expected_keys() -> None:
     error = problem(variant(("server.zzz", 1)))
-    assert ("expected one of `drain_timeout_s`, `event_loop`, `head_timeout_s`, `host`, `keepalive_s`, `max_body_bytes`, "
-            "`max_connections`, `port`") in error.problem
+    assert ("expected one of `drain_timeout_s`, `event_loop`, `head_timeout_s`, `host`, `keepalive_s`, "
+            "`max_body_bytes`, `max_connections`, `port`") in error.problem
 
 
 def test_api_key_cannot_be_written_in_the_file() -> None:
