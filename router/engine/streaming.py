@@ -226,6 +226,7 @@ class ChatStream:
         await self.start()
         transcript = self.transcript
         loads = jsonio.loads
+        observer, monotonic = self._engine.observer, self._engine.clock.monotonic
         try:
             while True:
                 opened = self._open
@@ -233,10 +234,26 @@ class ChatStream:
                 continuing = self._prefill is not None
                 first = opened.first[0]
                 cut = None
-                async for batch in _Reads(opened, self._engine):
-                    if isinstance(batch, Verdict):
-                        cut = batch
-                        break
+                batch: list[SseEvent] | None = opened.first
+                batches, provider = opened.batches, opened.attempt.target.provider
+                if len(batch) > 1:  # came with the first event: gaps of zero
+                    observer.stream_chunk_gap(provider, 0.0, len(batch) - 1)
+                last = opened.first_at
+                while True:
+                    if batch is None:
+                        # The next read, inline (no iterator in between: this runs once per upstream read).
+                        # The gap before each event after the first is reported: one clock read per read,
+                        # and the events that came in the same read have gaps of zero.
+                        try:
+                            batch = await anext(batches)
+                        except StopAsyncIteration:
+                            break
+                        except TransportError as exc:
+                            cut = classify_exception(exc)
+                            break
+                        now = monotonic()
+                        observer.stream_chunk_gap(provider, now - last, len(batch))
+                        last = now
                     passed: list[SseEvent] = []
                     for event in batch:
                         if event.data == "[DONE]":  # SseEvent.is_done, without a call per event
@@ -252,7 +269,7 @@ class ChatStream:
                             except (ValueError, RecursionError):
                                 payload = None
                             if payload.__class__ is not dict:
-                                self._engine.observer.malformed_event(opened.attempt.target.provider)
+                                observer.malformed_event(provider)
                                 continue
                         if payload.get("error"):
                             cut = classify_error_payload(payload, {}, now_wall=self._engine.clock.wall())
@@ -267,12 +284,13 @@ class ChatStream:
                             event = SseEvent(raw=encode_event(data), data=data)
                         transcript.track(payload)
                         passed.append(event)
+                    batch = None
                     if passed:
                         yield passed  # what came before an error event in the same read is the caller's
                     if cut is not None:
                         break
-                else:
-                    cut = None if transcript.finished else _CLEAN_EOF_CUT
+                if cut is None and not transcript.finished:
+                    cut = _CLEAN_EOF_CUT  # the provider's stream ended without a finish_reason
                 if cut is None or transcript.finished:
                     await self._complete(opened)
                     yield [_DONE]
@@ -347,47 +365,6 @@ class ChatStream:
             return
         self._finished = True
         self._finish_call(self._call, outcome)
-
-
-class _Reads:
-    """The opened stream's batches from the first on; a failure comes out as a Verdict.
-
-    Reports the gap before each event after the first: one clock read per read, and the events
-    that came in the same read have gaps of zero. A plain async iterator, not an async generator:
-    one left unfinished (the relay stops at `[DONE]`) would be finalized through the event loop's
-    self-pipe, two system calls per stream."""
-
-    __slots__ = ("_batches", "_ended", "_first", "_last", "_monotonic", "_observer", "_provider")
-
-    def __init__(self, opened: _Open, engine: Engine) -> None:
-        self._batches = opened.batches
-        self._first: list[SseEvent] | None = opened.first
-        self._last = opened.first_at
-        self._observer, self._monotonic = engine.observer, engine.clock.monotonic
-        self._provider = opened.attempt.target.provider
-        self._ended = False
-
-    def __aiter__(self) -> _Reads:
-        return self
-
-    async def __anext__(self) -> list[SseEvent] | Verdict:
-        first = self._first
-        if first is not None:
-            self._first = None
-            if len(first) > 1:  # came with the first event
-                self._observer.stream_chunk_gap(self._provider, 0.0, len(first) - 1)
-            return first
-        if self._ended:
-            raise StopAsyncIteration
-        try:
-            batch = await anext(self._batches)
-        except TransportError as exc:
-            self._ended = True
-            return classify_exception(exc)
-        now = self._monotonic()
-        self._observer.stream_chunk_gap(self._provider, now - self._last, len(batch))
-        self._last = now
-        return batch
 
 
 async def _close_events(opened: _Open) -> None:
