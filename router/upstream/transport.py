@@ -130,14 +130,14 @@ class _HttpReply:
         return _Batches(self)
 
     async def events(self) -> AsyncIterator[SseEvent]:
-        """The stream's events one by one."""
+        """The stream's events one by one (the engine reads `batches()`; this is for tests and tools)."""
         batches = self.batches()
         try:
             async for batch in batches:
                 for event in batch:
                     yield event
         finally:
-            await batches.aclose()  # type: ignore[attr-defined]
+            await batches.aclose()
 
     def close(self) -> None:
         if self._closed:
