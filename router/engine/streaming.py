@@ -47,7 +47,7 @@ from router.engine.transcript import Transcript, is_empty_delta, payload_of
 from router.errors import RouterError, StreamInterrupted
 from router.request import ChatRequest
 from router.upstream.errors import FirstTokenTimeout, TransportError
-from router.upstream.sse import DONE_EVENT, SseEvent, encode_event
+from router.upstream.sse import DONE_EVENT, SseEvent, encode_event, one_by_one
 
 _CLEAN_EOF_CUT = Verdict(Action.RETRY, Reason.STREAM_CUT, breaker_failure=True,
                          message="stream ended before finish_reason")
@@ -135,14 +135,8 @@ class ChatStream:
             self._iterator = self._relay()
         return self._iterator  # type: ignore[return-value]
 
-    async def _events(self) -> AsyncIterator[SseEvent]:
-        relay = self._relay()
-        try:
-            async for batch in relay:
-                for event in batch:
-                    yield event
-        finally:
-            await relay.aclose()
+    def _events(self) -> AsyncIterator[SseEvent]:
+        return one_by_one(self._relay())
 
     async def __aenter__(self) -> ChatStream:
         return self

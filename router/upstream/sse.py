@@ -11,10 +11,11 @@ multi-byte sequences never contain the bytes for CR, LF, ':' or ' '.
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import NoReturn
 
-__all__ = ["DONE_EVENT", "SseEvent", "SseParser", "SseTooLarge", "encode_event"]
+__all__ = ["DONE_EVENT", "SseEvent", "SseParser", "SseTooLarge", "encode_event", "one_by_one"]
 
 DONE_EVENT: bytes = b"data: [DONE]\n\n"
 
@@ -274,6 +275,17 @@ def _new_event(raw: bytes, data: str, event: str | None, id_: str | None) -> Sse
     _SET_EVENT(instance, event)
     _SET_ID(instance, id_)
     return instance
+
+
+async def one_by_one(batches: AsyncIterator[list[SseEvent]]) -> AsyncIterator[SseEvent]:
+    """The events of `batches` (lists of events, one per upstream read) one by one; `batches` is
+    closed when this ends, early or not."""
+    try:
+        async for batch in batches:
+            for event in batch:
+                yield event
+    finally:
+        await batches.aclose()  # type: ignore[attr-defined]
 
 
 def encode_event(data: str | bytes) -> bytes:

@@ -30,7 +30,7 @@ from router.upstream.aiohttp_client import AiohttpClient
 from router.upstream.client import Body, Client
 from router.upstream.errors import BodyCut, ConnectFailed, FirstByteTimeout, IdleTimeout, TransportError
 from router.upstream.fast_client import FastClient
-from router.upstream.sse import SseEvent, SseParser
+from router.upstream.sse import SseEvent, SseParser, one_by_one
 
 REDACTED = b"[redacted]"
 # Shorter header values are not scrubbed: replacing a 2-character value everywhere would mangle
@@ -129,15 +129,9 @@ class _HttpReply:
         """The stream's events, one list per read that completed any (close with `aclose()`)."""
         return _Batches(self)
 
-    async def events(self) -> AsyncIterator[SseEvent]:
+    def events(self) -> AsyncIterator[SseEvent]:
         """The stream's events one by one (the engine reads `batches()`; this is for tests and tools)."""
-        batches = self.batches()
-        try:
-            async for batch in batches:
-                for event in batch:
-                    yield event
-        finally:
-            await batches.aclose()
+        return one_by_one(self.batches())
 
     def close(self) -> None:
         if self._closed:

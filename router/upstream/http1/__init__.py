@@ -11,7 +11,8 @@ read-side back-pressure, an HTTP proxy from the environment (a CONNECT tunnel fo
 never follows redirects and keeps no cookies.
 
 - connection.py: one connection and its states; response.py: one answer's body stream;
-  pool.py: the connections to one origin; tunnel.py: the CONNECT tunnel through a proxy.
+  pool.py: the connections to one origin; tunnel.py: the CONNECT tunnel through a proxy;
+  decoding.py: gzip and deflate bodies, inflated in bounded pieces.
 - Failures are the transport's own types (upstream/errors.py): `ConnectFailed`,
   `ConnectionLost` before the head, `BodyCut` in the body.
 """

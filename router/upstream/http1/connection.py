@@ -23,13 +23,13 @@ from __future__ import annotations
 import asyncio
 import enum
 import select
-import zlib
 from typing import TYPE_CHECKING
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from router.upstream.errors import BodyCut, ConnectionLost, ResponseTooLarge, StaleConnection, TransportError
+from router.upstream.http1.decoding import BodyDecoder, Undecodable
 from router.upstream.http1.response import Response
 
 if TYPE_CHECKING:
@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 
 # Read-side back-pressure: stop reading from the provider while this much is buffered and unread.
 HIGH_WATER = 256 * 1024
-# A compressed body is inflated at most this much at a time (a gzip bomb inflates a thousandfold).
-DECODE_STEP = 256 * 1024
 # Bodies up to this size are sent in the same write as the head (one send, one packet when it fits).
 JOIN_LIMIT = 64 * 1024
 # finish(): how long, and how many bytes, the rest of an answer the caller no longer needs may take
@@ -75,7 +73,7 @@ class _TooLarge(Exception):
 class Connection(asyncio.Protocol):
     __slots__ = ("_body_bytes", "_decoder", "_drain_timer", "_drained", "_fd", "_head", "_head_bytes", "_headers",
                  "_keep_alive", "_limit", "_line_bytes", "_nul", "_paused", "_pool", "_put_back_after_read",
-                 "_received", "_reusable", "_sniff", "_until_eof", "idle_since", "parser", "response", "reused",
+                 "_received", "_reusable", "_until_eof", "idle_since", "parser", "response", "reused",
                  "state", "transport")
 
     def __init__(self, pool: Pool) -> None:
@@ -93,8 +91,7 @@ class Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._head: asyncio.Future[Response] | None = None
         self._headers: list[tuple[bytes, bytes]] = []
-        self._decoder: zlib._Decompress | None = None
-        self._sniff = False  # the first body bytes decide between zlib and raw deflate
+        self._decoder: BodyDecoder | None = None
         self._keep_alive = False
         self._until_eof = False
         self._paused = False
@@ -130,7 +127,6 @@ class Connection(asyncio.Protocol):
         self._nul = False
         self._headers = []
         self._decoder = None
-        self._sniff = False
         self._head = future = loop.create_future()
         if len(body) <= JOIN_LIMIT:
             transport.write(head + body)
@@ -315,14 +311,10 @@ class Connection(asyncio.Protocol):
         # (RFC 9112, section 6.3).
         codings = ",".join(headers.getall("Transfer-Encoding", ())).split(",")
         self._until_eof = "Content-Length" not in headers and codings[-1].strip().lower() != "chunked"
-        encoding = headers.get("Content-Encoding", "").strip().lower()
-        if encoding in ("gzip", "x-gzip"):
-            self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        elif encoding == "deflate":
-            self._decoder = zlib.decompressobj()
-            self._sniff = True  # zlib-wrapped, as the RFC says, or raw deflate, as some servers send
-        elif encoding not in ("", "identity"):
-            raise _Unexpected(f"unsupported Content-Encoding {encoding!r}")
+        try:
+            self._decoder = BodyDecoder.of(headers.get("Content-Encoding", ""))
+        except ValueError as exc:
+            raise _Unexpected(str(exc)) from None
         response = self.response = Response(self, status, CIMultiDictProxy(headers))
         self.state = State.READING
         head = self._head
@@ -339,26 +331,13 @@ class Connection(asyncio.Protocol):
         if response is None or self.state is not State.READING:
             return
         decoder = self._decoder
-        if decoder is None:  # _take, inline: the common case, once per read
-            self._body_bytes += len(body)
-            if self._body_bytes > self._limit:
-                raise _TooLarge(f"response body over max_response_bytes ({self._limit})")
-            if response.feed(body) > HIGH_WATER and not self._paused and self.transport is not None:
-                self._paused = True
-                self.transport.pause_reading()
+        if decoder is None:
+            self._take(response, body)
             return
-        if self._sniff and body:
-            self._sniff = False
-            if body[0] & 0x0F != 8:  # not a zlib header (compression method 8): raw deflate, as aiohttp reads it
-                decoder = self._decoder = zlib.decompressobj(-zlib.MAX_WBITS)
         try:
-            # In bounded pieces: one compressed read can inflate a thousandfold.
-            while body:
-                piece = decoder.decompress(body, DECODE_STEP)
-                body = decoder.unconsumed_tail
-                if piece:
-                    self._take(response, piece)
-        except zlib.error as exc:
+            for piece in decoder.decode(body):  # each piece counted against the limit before the next
+                self._take(response, piece)
+        except Undecodable as exc:
             response.fail(BodyCut(f"body does not decode ({exc})"))
             raise _Unexpected("body does not decode") from None
 
@@ -386,7 +365,7 @@ class Connection(asyncio.Protocol):
         if self._decoder is not None:
             try:
                 tail = self._decoder.flush()
-            except zlib.error as exc:
+            except Undecodable as exc:
                 response.fail(BodyCut(f"body does not decode ({exc})"))
                 raise _Unexpected("body does not decode") from None
             if tail:
