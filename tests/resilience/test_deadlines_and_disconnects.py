@@ -39,7 +39,10 @@ async def test_a_silent_provider_costs_one_first_byte_timeout_then_fails_over(tm
     assert report.run.outcomes() == Counter({COMPLETE: 200}), report.run.details("error")
     assert set(report.at_silent.values()) == {1} and len(report.at_silent) == 200  # one attempt each there
     assert set(report.elsewhere.values()) == {1} and len(report.elsewhere) == 200  # then one answer elsewhere
-    assert min(report.latencies) >= FIRST_BYTE_S
+    # uvloop (the daemon's default loop) keeps libuv's millisecond timers and a loop time cached at the
+    # start of each iteration, so a timer can fire up to ~1 ms before its delay on a finer clock: the
+    # access log's. Anything shorter than the timeout less that would mean no timeout was paid.
+    assert min(report.latencies) >= FIRST_BYTE_S - 0.002
     assert max(report.latencies) < 2 * FIRST_BYTE_S  # one first-byte timeout, never two
 
 
