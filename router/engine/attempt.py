@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, NoReturn
 from router.engine.backoff import full_jitter
 from router.engine.call import Call
 from router.engine.classify import SUCCESS, Action, Reason, Verdict, classify_exception
+from router.engine.limit_headers import read_limits, throttle_for
 from router.engine.outcome import CANCELLED, INTERNAL_ERROR, usage_counts
 from router.engine.planner import Go
 from router.health.breaker import Permit
@@ -236,10 +237,21 @@ class Attempt:
         now = engine.clock.monotonic()
         breaker = ledger.breaker(target)
         provider = target.provider
+        stats = ledger.stats(target)
+        stream, half_life = call.request.stream, call.route.adaptive.half_life_s
         if verdict.ok:
             if breaker.on_success(permit):
+                stats.forget()  # back from an ejection: a fair trial, not its outage's figures
                 engine.observer.breaker_changed(provider, target.key, "closed")
+            if not late:
+                elapsed = now - self.started  # a stream's commit: its time to first event
+                stats.succeeded(stream=stream, latency=elapsed, first_byte=elapsed if stream else self.ttfb,
+                                now=now, half_life_s=half_life)
+                engine.observer.target_latency(provider, target.key, stream, stats.latency(stream=stream) or 0.0)
         elif verdict.long_ejection or verdict.breaker_failure:
+            # After the commit the elapsed time is the stream's length, not a latency: count the failure only.
+            stats.failed(stream=stream, elapsed=0.0 if late else now - self.started, now=now,
+                         half_life_s=half_life)
             if verdict.long_ejection:
                 breaker.eject_for_max(now)
                 opened = True
@@ -258,6 +270,9 @@ class Attempt:
         call.record.provider = provider
         progress.last = target
         progress.last_verdict = verdict
+        reply = self._reply
+        if reply is not None and not late:
+            self._read_limits(reply, now)
         if verdict.throttle:
             retry = call.route.retry
             delay = verdict.retry_after
@@ -265,7 +280,7 @@ class Attempt:
                 delay = max(retry.base_interval_s, full_jitter(progress.per_target[target.key],
                                                                retry.base_interval_s, retry.max_interval_s,
                                                                engine.rng))
-            ledger.throttle(provider, now + delay, now)
+            ledger.throttle(provider, now + delay, now, cause="429")
             engine.observer.provider_throttled(provider)
         if verdict.action is Action.FAILOVER:
             progress.excluded.add(target.key)
@@ -278,6 +293,20 @@ class Attempt:
             if quota is not None:
                 quota.adjust_tokens(-call.request.token_estimate)
         return now
+
+    def _read_limits(self, reply: Reply, now: float) -> None:
+        """A provider that says it has nothing left is throttled until its reset, before any 429."""
+        hint = read_limits(reply.headers)
+        if hint is None:
+            return
+        call, provider = self.call, self.target.provider
+        ledger = call.snapshot.ledger
+        # This attempt is still counted in flight; the others will each take one of what is left.
+        wait = throttle_for(hint, others_in_flight=ledger.provider(provider).in_flight - 1,
+                            tokens_needed=call.request.token_estimate)
+        if wait is not None and wait > 0:
+            ledger.throttle(provider, now + wait, now, cause="limit_header")
+            self._engine.observer.limit_header_throttled(provider)
 
     def _report(self, outcome: str, now: float | None = None) -> None:
         engine = self._engine

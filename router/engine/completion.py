@@ -7,9 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router import jsonio
+from router.engine.attempt import Attempt
 from router.engine.call import Call
 from router.engine.classify import classify_status
+from router.engine.hedging import run_attempts
 from router.engine.loop import Engine
+from router.upstream.transport import Reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,22 +53,26 @@ class ChatResult:
 async def complete(engine: Engine, call: Call) -> ChatResult:
     """Run the attempts of a non-streaming request until one answers; raises the final error otherwise."""
     request = call.request
-    async for attempt in engine.attempts(call):
-        with attempt:
-            reply = await attempt.send(request.body_for(attempt.upstream_model), stream=False)
-            body = await reply.read()
-            payload = parse_json_object(body) if 200 <= reply.status < 300 else None
-            attempt.check(classify_status(reply.status, reply.headers, body, now_wall=engine.clock.wall(),
-                                          payload=payload), body)
-            assert payload is not None  # a 2xx that passed the check is a JSON object
-            attempt.settle(payload.get("usage"))
-        if attempt.failure is None:  # the block ran to its end: recorded as a success
-            return ChatResult(body=body, status=reply.status,
-                              content_type=_content_type(reply.headers.get("Content-Type")),
-                              provider=attempt.target.provider, model=attempt.upstream_model,
-                              attempts=call.progress.attempts, request_id=request.request_id,
-                              route=call.route.name, _payload=payload)
-    raise AssertionError("the attempts end with a result or the final error")
+
+    async def answer(attempt: Attempt) -> tuple[Attempt, Reply, bytes, dict[str, Any]]:
+        reply = await attempt.send(request.body_for(attempt.upstream_model), stream=False)
+        body = await reply.read()
+        payload = parse_json_object(body) if 200 <= reply.status < 300 else None
+        attempt.check(classify_status(reply.status, reply.headers, body, now_wall=engine.clock.wall(),
+                                      payload=payload), body)
+        assert payload is not None  # a 2xx that passed the check is a JSON object
+        attempt.settle(payload.get("usage"))
+        return attempt, reply, body, payload
+
+    attempt, reply, body, payload = await run_attempts(engine, call, answer, answered=_head_arrived)
+    return ChatResult(body=body, status=reply.status, content_type=_content_type(reply.headers.get("Content-Type")),
+                      provider=attempt.target.provider, model=attempt.upstream_model,
+                      attempts=call.progress.attempts, request_id=request.request_id, route=call.route.name,
+                      _payload=payload)
+
+
+def _head_arrived(attempt: Attempt) -> bool:
+    return attempt.ttfb is not None
 
 
 def _content_type(value: str | None) -> str:

@@ -62,7 +62,8 @@ class Engine:
         decision = plan(call.tiers, progress, requested_model=call.request.model, now=now,
                         deadline=call.deadline, tokens=call.request.token_estimate,
                         retry=call.route.retry, strategy=call.route.strategy,
-                        view=call.snapshot.ledger, rng=self.rng)
+                        view=call.snapshot.ledger, rng=self.rng, stream=call.request.stream,
+                        adaptive=call.route.adaptive)
         if isinstance(decision, Go) and progress.attempts > 0:
             if not call.snapshot.ledger.budget.try_spend(now):
                 self.observer.retry_budget_exhausted(call.route.name)

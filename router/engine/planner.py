@@ -8,7 +8,9 @@ Rules (docs/architecture.md §4.2 and §4.4):
 - after a RETRY verdict, the same target again after full-jitter backoff, at most
   `max_attempts_per_target` times in one request; a switch to another target is
   immediate;
-- tiers in priority order; inside a tier, `weighted` random or `least_busy`;
+- tiers in priority order; inside a tier, `weighted` random, `least_busy`, or `adaptive`: power of
+  two choices scored by moving-average latency x (in flight + 1) x (1 + recent failures) / weight,
+  with `explore_percent` of choices going to the other of the two so no estimate goes stale;
 - a throttled or quota-empty target is never tried before it frees up; the request
   waits for it only if it frees up within `wait_for_preferred_s` and the deadline,
   otherwise it moves to the next tier; with nothing left: give up as throttled
@@ -27,7 +29,9 @@ from typing import Literal
 from router.engine.backoff import full_jitter
 from router.engine.classify import Action, Verdict
 from router.health.view import Availability, Status, TargetView
-from router.policy.model import RetryPolicy, Strategy, Target
+from router.policy.model import AdaptivePolicy, RetryPolicy, Strategy, Target
+
+_DEFAULT_ADAPTIVE = AdaptivePolicy()
 
 
 @dataclass(slots=True)
@@ -67,7 +71,7 @@ Decision = Go | GiveUp
 
 def plan(tiers: Sequence[Sequence[Target]], progress: Progress, *, requested_model: str, now: float,
          deadline: float, tokens: int, retry: RetryPolicy, strategy: Strategy, view: TargetView,
-         rng: random.Random) -> Decision:
+         rng: random.Random, stream: bool = False, adaptive: AdaptivePolicy = _DEFAULT_ADAPTIVE) -> Decision:
     if progress.attempts >= retry.max_attempts:
         return GiveUp("max_attempts")
     if now >= deadline:
@@ -96,14 +100,16 @@ def plan(tiers: Sequence[Sequence[Target]], progress: Progress, *, requested_mod
             if avail.status is Status.READY:
                 ready.append(target)
             elif avail.status is Status.OPEN:
-                open_candidates.append((target, avail))
+                if not avail.probed:  # a probed provider comes back through its prober, never forced
+                    open_candidates.append((target, avail))
             else:
                 if soonest_throttled is None or avail.free_at < soonest_throttled:
                     soonest_throttled = avail.free_at
                 if waitable is None or avail.free_at < waitable[0]:
                     waitable = (avail.free_at, target)
         if ready:
-            chosen = _choose(ready, strategy, view, rng)
+            chosen = _adaptive(ready, view, now, stream, adaptive, rng) if strategy == "adaptive" \
+                else _choose(ready, strategy, view, rng)
             return Go(chosen, 0.0, _kind(chosen, progress))
         if waitable is not None:
             free_at, target = waitable
@@ -152,3 +158,29 @@ def _choose(ready: list[Target], strategy: Strategy, view: TargetView, rng: rand
         if pick < 0:
             return target
     return ready[-1]
+
+
+def adaptive_score(target: Target, view: TargetView, now: float, stream: bool, policy: AdaptivePolicy,
+                   unknown: float) -> float:
+    """Lower is better: expected latency x queue ahead x recent-failure penalty, per unit of weight.
+    `unknown` stands in for a target with no sample yet (new, or back from an ejection)."""
+    latency = view.latency(target, stream=stream)
+    penalty = 1.0 + view.recent_failures(target, now, policy.half_life_s)
+    return (unknown if latency is None else latency) * (view.inflight(target) + 1) * penalty / target.weight
+
+
+def _adaptive(ready: list[Target], view: TargetView, now: float, stream: bool, policy: AdaptivePolicy,
+              rng: random.Random) -> Target:
+    if len(ready) == 1:
+        return ready[0]
+    first, second = (ready[0], ready[1]) if len(ready) == 2 else rng.sample(ready, 2)
+    known = [lat for t in (first, second) if (lat := view.latency(t, stream=stream)) is not None]
+    # A target without an estimate gets a fair trial: as good as the better known one, and its
+    # in-flight count still limits how many requests it gets before its first answer.
+    unknown = min(known) if known else 1.0
+    a = adaptive_score(first, view, now, stream, policy, unknown)
+    b = adaptive_score(second, view, now, stream, policy, unknown)
+    best, other = (first, second) if a < b or (a == b and rng.random() < 0.5) else (second, first)
+    if policy.explore_percent and rng.random() * 100.0 < policy.explore_percent:
+        return other  # keep the slower one's estimate fresh
+    return best

@@ -40,6 +40,7 @@ from router.engine.classify import (
     classify_exception,
     classify_status,
 )
+from router.engine.hedging import run_attempts
 from router.engine.loop import Engine
 from router.engine.outcome import CANCELLED
 from router.engine.outcome import SUCCESS as SUCCESS_OUTCOME
@@ -164,23 +165,23 @@ class ChatStream:
         """Attempts until one produces its first event; raises the final error otherwise."""
         engine, call = self._engine, self._require_call()
         request, prefill = call.request, self._prefill
-        async for attempt in engine.attempts(call):
-            with attempt:
-                model = attempt.upstream_model
-                body = request.body_for(model) if prefill is None else request.continuation_body(model, prefill)
-                reply = await attempt.send(body, stream=True)
-                if not 200 <= reply.status < 300:
-                    error_body = await reply.read()
-                    attempt.fail(classify_status(reply.status, reply.headers, error_body,
-                                                 now_wall=engine.clock.wall(), continuation=prefill is not None),
-                                 error_body)
-                batches = reply.batches()
-                first, payload = await self._first_event(batches, attempt)
-                attempt.commit()
-            if attempt.committed:
-                return _Open(attempt=attempt, batches=batches, first=first, first_payload=payload,
-                             first_at=engine.clock.monotonic())
-        raise AssertionError("the attempts end with a committed stream or the final error")
+
+        async def open_one(attempt: Attempt) -> _Open:
+            model = attempt.upstream_model
+            body = request.body_for(model) if prefill is None else request.continuation_body(model, prefill)
+            reply = await attempt.send(body, stream=True)
+            if not 200 <= reply.status < 300:
+                error_body = await reply.read()
+                attempt.fail(classify_status(reply.status, reply.headers, error_body,
+                                             now_wall=engine.clock.wall(), continuation=prefill is not None),
+                             error_body)
+            batches = reply.batches()
+            first, payload = await self._first_event(batches, attempt)
+            attempt.commit()
+            return _Open(attempt=attempt, batches=batches, first=first, first_payload=payload,
+                         first_at=engine.clock.monotonic())
+
+        return await run_attempts(engine, call, open_one, answered=_committed, discard=_discard)
 
     async def _first_event(self, batches: AsyncIterator[list[SseEvent]],
                            attempt: Attempt) -> tuple[list[SseEvent], dict]:
@@ -359,6 +360,18 @@ class ChatStream:
             return
         self._finished = True
         self._finish_call(self._call, outcome)
+
+
+def _committed(attempt: Attempt) -> bool:
+    return attempt.committed
+
+
+async def _discard(opened: _Open) -> None:
+    """A stream that reached its first event but lost a hedge race: closed, and its attempt let go."""
+    try:
+        await _close_events(opened)
+    finally:
+        opened.attempt.abandon()
 
 
 async def _close_events(opened: _Open) -> None:

@@ -5,6 +5,10 @@ half-open lets exactly one probe through: success closes, failure re-opens with
 a longer ejection. Ejection grows exponentially on repeated ejection but is
 capped by `max_ejection_s`, so a provider that recovers is back in service
 within that cap. A 429 is not a failure (the provider is healthy, just busy).
+
+A `probed` breaker (its provider has a `health_probe`) never lets a client request through as the
+half-open probe: the health prober (health/prober.py) probes out of band and closes it with
+`recovered()`, or keeps it open with `probe_failed()`.
 """
 
 from __future__ import annotations
@@ -33,10 +37,11 @@ _PROBE = Permit(probe=True)
 
 
 class Breaker:
-    __slots__ = ("_consecutive", "_ejections", "_open_until", "_probe_out", "last_failure", "policy")
+    __slots__ = ("_consecutive", "_ejections", "_open_until", "_probe_out", "last_failure", "policy", "probed")
 
-    def __init__(self, policy: BreakerPolicy) -> None:
+    def __init__(self, policy: BreakerPolicy, *, probed: bool = False) -> None:
         self.policy = policy
+        self.probed = probed
         self._consecutive = 0
         self._ejections = 0
         self._open_until: float | None = None
@@ -46,11 +51,13 @@ class Breaker:
     def state(self, now: float) -> BreakerState:
         if self._open_until is None:
             return BreakerState.CLOSED
-        return BreakerState.OPEN if now < self._open_until or self._probe_out else BreakerState.HALF_OPEN
+        if now < self._open_until or self._probe_out or self.probed:
+            return BreakerState.OPEN
+        return BreakerState.HALF_OPEN
 
     def available(self, now: float) -> bool:
         """True when an attempt would be admitted right now (closed, or a probe is free)."""
-        return self._open_until is None or (now >= self._open_until and not self._probe_out)
+        return self._open_until is None or (now >= self._open_until and not self._probe_out and not self.probed)
 
     @property
     def open_until(self) -> float | None:
@@ -59,7 +66,7 @@ class Breaker:
     def acquire(self, now: float) -> Permit | None:
         if self._open_until is None:
             return _NORMAL
-        if now >= self._open_until and not self._probe_out:
+        if now >= self._open_until and not self._probe_out and not self.probed:
             self._probe_out = True
             return _PROBE
         return None
@@ -103,6 +110,17 @@ class Breaker:
         self._probe_out = False
         self._ejections = max(self._ejections, 1)
         self._open_until = now + self.policy.max_ejection_s
+
+    # -- the out-of-band prober (probed breakers) ------------------------------------------------
+    def recovered(self) -> bool:
+        """A health probe succeeded: close. Returns True when this closed an open breaker."""
+        return self.on_success(_NORMAL)
+
+    def probe_failed(self, now: float) -> None:
+        """A health probe failed: stay open (an ejection that elapsed starts another)."""
+        self.last_failure = now
+        if self._open_until is not None and now >= self._open_until:
+            self._eject(now)
 
     def adopt_ejection(self, until: float, now: float) -> bool:
         """Another replica ejected this target until `until`. Extends an ejection, never shortens

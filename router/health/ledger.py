@@ -20,8 +20,12 @@ from router.health.backends import EJECT, THROTTLE, HealthReport, MemoryBackend,
 from router.health.breaker import Breaker
 from router.health.quota import Quota, QuotaSpec, Rate
 from router.health.retry_budget import RetryBudgetTracker
+from router.health.target_stats import TargetStats
 from router.health.view import READY, Availability, Status
-from router.policy.model import Client, ClientLimits, Policy, Provider, ProviderLimits, Target
+from router.policy.model import Client, ClientLimits, HedgePolicy, Policy, Provider, ProviderLimits, RetryBudget, Target
+
+# Hedges are budgeted over the route's requests of the last 10 s (the issue's contract), with no floor.
+HEDGE_WINDOW_S = 10.0
 
 
 @dataclass(slots=True)
@@ -29,6 +33,8 @@ class ProviderState:
     limits: ProviderLimits
     quota: Quota | None
     throttled_until: float = float("-inf")
+    throttle_cause: str = ""  # what set `throttled_until`: "429", "limit_header" or "peer"
+    in_flight: int = 0  # attempts to this provider now, over all its targets
 
     @classmethod
     def build(cls, name: str, provider: Provider, backend: StateBackend) -> ProviderState:
@@ -40,10 +46,11 @@ class ProviderState:
         quota = backend.quota(f"provider:{name}", spec) if spec.requests or spec.tokens else None
         return cls(limits=lim, quota=quota)
 
-    def throttle(self, until: float) -> None:
+    def throttle(self, until: float, cause: str = "429") -> None:
         # Keep the later of two throttles: a short Retry-After must not shorten a long one.
         if until > self.throttled_until:
             self.throttled_until = until
+            self.throttle_cause = cause
 
 
 @dataclass(slots=True)
@@ -64,7 +71,8 @@ class ClientState:
 
 
 class Ledger:
-    __slots__ = ("_breakers", "_clients", "_inflight", "_providers", "_target_provider", "backend", "budget")
+    __slots__ = ("_breakers", "_clients", "_hedge_budgets", "_inflight", "_providers", "_stats", "_target_provider",
+                 "backend", "budget")
 
     def __init__(self, policy: Policy, previous: Ledger | None = None,
                  backend: StateBackend | None = None) -> None:
@@ -75,6 +83,8 @@ class Ledger:
         self._breakers: dict[str, Breaker] = {}
         self._clients: dict[str, ClientState] = {}
         self._inflight: dict[str, int] = {}
+        self._stats: dict[str, TargetStats] = {}
+        self._hedge_budgets: dict[str, RetryBudgetTracker] = {}
         old = previous
         for name, provider in policy.providers.items():
             kept = old._providers.get(name) if old else None
@@ -83,12 +93,21 @@ class Ledger:
         for route in policy.routes.values():
             for target in route.targets:
                 self._target_provider[target.key] = target.provider
-                breaker_policy = policy.providers[target.provider].breaker
+                provider = policy.providers[target.provider]
+                breaker_policy, probed = provider.breaker, provider.health_probe is not None
                 kept_breaker = old._breakers.get(target.key) if old else None
-                if kept_breaker is not None and kept_breaker.policy == breaker_policy:
+                if kept_breaker is not None and (kept_breaker.policy, kept_breaker.probed) == (breaker_policy, probed):
                     self._breakers[target.key] = kept_breaker
                 elif target.key not in self._breakers:
-                    self._breakers[target.key] = Breaker(breaker_policy)
+                    self._breakers[target.key] = Breaker(breaker_policy, probed=probed)
+                if target.key not in self._stats:
+                    kept_stats = old._stats.get(target.key) if old else None
+                    self._stats[target.key] = kept_stats or TargetStats()
+            if route.hedge is not None:
+                budget = _hedge_budget(route.hedge)
+                kept_hedges = old._hedge_budgets.get(route.name) if old else None
+                self._hedge_budgets[route.name] = kept_hedges if kept_hedges is not None \
+                    and kept_hedges.policy == budget else RetryBudgetTracker(budget)
         for client in policy.clients:
             kept_client = old._clients.get(client.name) if old else None
             self._clients[client.name] = kept_client if kept_client and kept_client.limits == client.limits \
@@ -108,13 +127,23 @@ class Ledger:
     def client(self, client: Client) -> ClientState:
         return self._clients[client.name]
 
+    def stats(self, target: Target) -> TargetStats:
+        return self._stats[target.key]
+
+    def hedge_budget(self, route: str) -> RetryBudgetTracker:
+        return self._hedge_budgets[route]
+
+    def provider_breakers(self, provider: str) -> list[tuple[str, Breaker]]:
+        """(target key, breaker) of every target at `provider`."""
+        return [(key, self._breakers[key]) for key, name in self._target_provider.items() if name == provider]
+
     # -- health shared with other replicas (no-ops with the memory backend) ---------------------
     def ejected(self, target: Target, until: float, now: float) -> None:
         """This replica ejected `target` until `until`: tell the others."""
         self.backend.publish(EJECT + target.key, until - now)
 
-    def throttle(self, provider: str, until: float, now: float) -> None:
-        self._providers[provider].throttle(until)
+    def throttle(self, provider: str, until: float, now: float, cause: str = "429") -> None:
+        self._providers[provider].throttle(until, cause)
         self.backend.publish(THROTTLE + provider, until - now)
 
     def adopt_health(self, report: HealthReport, now: float) -> list[tuple[str, str]]:
@@ -129,7 +158,7 @@ class Ledger:
             elif field.startswith(THROTTLE):
                 provider = self._providers.get(field[len(THROTTLE):])
                 if provider is not None:
-                    provider.throttle(now + seconds)
+                    provider.throttle(now + seconds, "peer")
         return opened
 
     def route_down_for(self, tiers: Iterable[Iterable[Target]], now: float) -> float | None:
@@ -143,16 +172,24 @@ class Ledger:
                 until.append(breaker.open_until)
         return max(min(until) - now, 0.0) if until else None
 
-    # -- in-flight accounting (least_busy and the in-flight gauge) -------------------------
+    # -- in-flight accounting (least_busy, adaptive, limit headers and the in-flight gauge) ----------
     def begin(self, target: Target) -> None:
         self._inflight[target.key] = self._inflight.get(target.key, 0) + 1
+        self._providers[target.provider].in_flight += 1
 
     def end(self, target: Target) -> None:
         self._inflight[target.key] = self._inflight.get(target.key, 1) - 1
+        self._providers[target.provider].in_flight -= 1
 
     # -- TargetView ---------------------------------------------------------------------------
     def inflight(self, target: Target) -> int:
         return self._inflight.get(target.key, 0)
+
+    def latency(self, target: Target, *, stream: bool) -> float | None:
+        return self._stats[target.key].latency(stream=stream)
+
+    def recent_failures(self, target: Target, now: float, half_life_s: float) -> float:
+        return self._stats[target.key].recent_failures(now, half_life_s)
 
     def availability(self, target: Target, now: float, tokens: int) -> Availability:
         provider = self._providers[target.provider]
@@ -164,9 +201,13 @@ class Ledger:
                 else provider.throttled_until
             return Availability(Status.THROTTLED, free_at=free_at)
         if not breaker.available(now):
-            return Availability(Status.OPEN, last_failure=breaker.last_failure)
+            return Availability(Status.OPEN, last_failure=breaker.last_failure, probed=breaker.probed)
         if provider.quota is not None:
             wait = provider.quota.wait_time(tokens)
             if wait > 0:
                 return Availability(Status.QUOTA, free_at=now + wait)
         return READY
+
+
+def _hedge_budget(hedge: HedgePolicy) -> RetryBudget:
+    return RetryBudget(percent=hedge.max_percent, min_per_second=0.0, window_s=HEDGE_WINDOW_S)

@@ -25,6 +25,7 @@ class Availability:
     status: Status
     free_at: float = 0.0  # monotonic time it becomes usable (THROTTLED/QUOTA)
     last_failure: float = float("-inf")
+    probed: bool = False  # OPEN, and only the health prober may let it back in (never forced)
 
 
 READY = Availability(Status.READY)
@@ -33,3 +34,6 @@ READY = Availability(Status.READY)
 class TargetView(Protocol):
     def availability(self, target: Target, now: float, tokens: int) -> Availability: ...
     def inflight(self, target: Target) -> int: ...
+    # `strategy: adaptive`: the moving-average latency (None: no sample yet) and the recent failure count.
+    def latency(self, target: Target, *, stream: bool) -> float | None: ...
+    def recent_failures(self, target: Target, now: float, half_life_s: float) -> float: ...

@@ -39,6 +39,11 @@ class Observer(Protocol):
     def upstream_resent(self, provider: str) -> None: ...
     def tokens_used(self, route: str, provider: str, prompt: int, completion: int) -> None: ...
     def state_backend_error(self, backend: str, operation: str) -> None: ...
+    # Learning about providers: limit headers, moving-average latency, out-of-band probes, hedges.
+    def limit_header_throttled(self, provider: str) -> None: ...
+    def target_latency(self, provider: str, target: str, stream: bool, seconds: float) -> None: ...
+    def health_probed(self, provider: str, ok: bool) -> None: ...
+    def hedged(self, route: str, outcome: str) -> None: ...  # won | lost | suppressed
 
 
 class NullObserver:
@@ -69,6 +74,18 @@ class NullObserver:
         pass
 
     def provider_throttled(self, provider: str) -> None:
+        pass
+
+    def limit_header_throttled(self, provider: str) -> None:
+        pass
+
+    def target_latency(self, provider: str, target: str, stream: bool, seconds: float) -> None:
+        pass
+
+    def health_probed(self, provider: str, ok: bool) -> None:
+        pass
+
+    def hedged(self, route: str, outcome: str) -> None:
         pass
 
     def breaker_changed(self, provider: str, target: str, state: str) -> None:

@@ -154,6 +154,18 @@ class PrometheusObserver:
         self._provider_throttled = _Family(counter, "llm_router_provider_throttled_total",
                                            "Provider 429s that paused the provider until its Retry-After.",
                                            ["provider"])
+        self._limit_throttled = _Family(counter, "llm_router_limit_header_throttles_total",
+                                        "Times a provider's rate-limit headers said it had nothing left, pausing "
+                                        "it until their reset before any 429.", ["provider"])
+        self._target_latency = _Family(gauge, "llm_router_target_latency_seconds",
+                                       "Moving-average latency of a target (strategy: adaptive's estimate): time to "
+                                       "first event for streams, whole answer for JSON.",
+                                       ["provider", "target", "kind"])
+        self._probes = _Family(counter, "llm_router_health_probes_total",
+                               "Out-of-band health probes of ejected providers, by result.", ["provider", "outcome"])
+        self._hedges = _Family(counter, "llm_router_hedges_total",
+                               "Hedged attempts: won (the hedge answered first), lost (the first attempt did), "
+                               "suppressed (the hedge budget was spent).", ["route", "outcome"])
         self._breaker_state = _Family(gauge, "llm_router_breaker_state",
                                       "Circuit breaker of a target: 0 closed, 1 open.", ["provider", "target"])
         self._ejections = _Family(counter, "llm_router_breaker_ejections_total", "Times a target's breaker opened.",
@@ -174,7 +186,9 @@ class PrometheusObserver:
             self._requests, self._request_duration, self._in_flight, self._attempts, self._attempt_duration,
             self._ttfb, self._chunk_gap, self._retries, self._failovers, self._budget_exhausted,
             self._client_limited, self._provider_throttled, self._breaker_state, self._ejections, self._malformed,
-            self._resends, self._tokens, self._backend_errors, self._reloads, build_info]))
+            self._resends, self._tokens, self._backend_errors, self._reloads, self._limit_throttled,
+            self._target_latency, self._probes, self._hedges, build_info]))
+        self._latency_children: dict[tuple[str, bool], list[float]] = {}
         # Hot hooks: the children they update, under the hook's own arguments (no tuple for one label).
         self._in_flight_by_route: dict[str, list[float]] = {}
         self._request_children: dict[tuple[str, str, str], tuple[list[float], list[float], list[float]]] = {}
@@ -255,6 +269,22 @@ class PrometheusObserver:
 
     def provider_throttled(self, provider: str) -> None:
         self._provider_throttled.child((provider,))[0] += 1
+
+    def limit_header_throttled(self, provider: str) -> None:
+        self._limit_throttled.child((provider,))[0] += 1
+
+    def target_latency(self, provider: str, target: str, stream: bool, seconds: float) -> None:
+        gauge = self._latency_children.get((target, stream))
+        if gauge is None:
+            gauge = self._latency_children[(target, stream)] = self._target_latency.child(
+                (provider, target, "stream" if stream else "json"))
+        gauge[0] = seconds
+
+    def health_probed(self, provider: str, ok: bool) -> None:
+        self._probes.child((provider, "ok" if ok else "failed"))[0] += 1
+
+    def hedged(self, route: str, outcome: str) -> None:
+        self._hedges.child((route, outcome))[0] += 1
 
     def breaker_changed(self, provider: str, target: str, state: str) -> None:
         self._breaker_state.child((provider, target))[0] = _BREAKER_VALUE.get(state, 1.0)

@@ -29,8 +29,10 @@ from router.policy import _fields as f
 from router.policy._fields import Invalid
 from router.policy._yaml import EMPTY, read_yaml
 from router.policy.model import (
+    AdaptivePolicy,
     Client,
     ClientLimits,
+    HedgePolicy,
     Policy,
     Provider,
     RetryBudget,
@@ -182,13 +184,26 @@ def _targets(value: object, path: str) -> tuple[Target, ...]:
     return tuple(_target(raw, f.item(path, i)) for i, raw in enumerate(items))
 
 
+_adaptive = f.block(AdaptivePolicy, {
+    "half_life_s": f.positive,
+    "explore_percent": lambda value, path: f.number(value, path, ge=0, le=50),
+})
+_hedge = f.block(HedgePolicy, {
+    "after_s": f.positive,
+    "after_quantile": f.optional(lambda value, path: f.number(value, path, gt=0, le=1)),
+    "max_percent": lambda value, path: f.number(value, path, gt=0, le=100),
+})
+
+
 def _route(name: str, value: object, path: str) -> Route:
     parsers = {
         "targets": _targets,
         "retry": _retry,
         "deadline_s": f.positive,
         "ttft_s": f.optional(f.positive),
-        "strategy": lambda raw, p: f.choice(raw, p, ("weighted", "least_busy")),
+        "strategy": lambda raw, p: f.choice(raw, p, ("weighted", "least_busy", "adaptive")),
+        "adaptive": _adaptive,
+        "hedge": f.optional(_hedge),
     }
     return Route(name=name, **f.fields(f.mapping(value, path), path, parsers, required=("targets",)))
 

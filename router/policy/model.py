@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-Strategy = Literal["weighted", "least_busy"]
+Strategy = Literal["weighted", "least_busy", "adaptive"]
 StateBackendName = Literal["memory", "redis"]
 OnStateError = Literal["local", "allow", "deny"]
 
@@ -46,7 +46,19 @@ class ProviderLimits:
 class BreakerPolicy:
     consecutive_failures: int = 5
     base_ejection_s: float = 5.0
-    max_ejection_s: float = 30.0
+    # The longest ejection, so also the longest a recovered provider waits to be tried again: 10 s
+    # keeps "back within 10 s of recovering" true after an outage of any length.
+    max_ejection_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class HealthProbe:
+    """Probe an ejected provider out of band, so no client request is spent finding out it is back."""
+
+    interval_s: float = 5.0
+    path: str = "/models"  # GET base_url + path; a 2xx means healthy
+    # Instead of the GET: POST this chat-completion body (a small request) to base_url/chat/completions.
+    body: Mapping[str, object] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +135,7 @@ class Provider:
     tls: TlsSettings = field(default_factory=TlsSettings)
     # Resolved from the environment when the policy is loaded (see Proxy); None: a direct connection.
     proxy: Proxy | None = None
+    health_probe: HealthProbe | None = None
 
     @property
     def chat_url(self) -> str:
@@ -158,6 +171,25 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class AdaptivePolicy:
+    """`strategy: adaptive`: how fast latency estimates forget, and how much traffic explores."""
+
+    half_life_s: float = 10.0
+    explore_percent: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class HedgePolicy:
+    """A second attempt when the first has not started answering after a delay (first-token hedging)."""
+
+    after_s: float = 1.0
+    # Instead of a fixed delay: this quantile of the target's observed time to first byte (after_s
+    # until enough samples are in).
+    after_quantile: float | None = None
+    max_percent: float = 5.0  # hedges, as a share of the route's requests over the last 10 s
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str  # the `model` a client asks for; may be a glob ("*:deepseek-chat-v3")
     targets: tuple[Target, ...]
@@ -165,6 +197,8 @@ class Route:
     deadline_s: float = 60.0
     ttft_s: float | None = None  # streams: fail over if the first token is slower
     strategy: Strategy = "weighted"
+    adaptive: AdaptivePolicy = field(default_factory=AdaptivePolicy)
+    hedge: HedgePolicy | None = None
     is_pattern: bool = field(init=False, repr=False, compare=False, default=False)  # a glob route
 
     def __post_init__(self) -> None:

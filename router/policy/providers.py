@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import json
 import socket
 import ssl
 import urllib.request
@@ -19,7 +20,16 @@ from urllib.parse import unquote, urlsplit
 
 from router.policy import _fields as f
 from router.policy._fields import Invalid
-from router.policy.model import BreakerPolicy, MockSpec, Provider, ProviderLimits, Proxy, Timeouts, TlsSettings
+from router.policy.model import (
+    BreakerPolicy,
+    HealthProbe,
+    MockSpec,
+    Provider,
+    ProviderLimits,
+    Proxy,
+    Timeouts,
+    TlsSettings,
+)
 
 _timeouts = f.block(Timeouts, {"connect_s": f.positive, "first_byte_s": f.positive, "idle_s": f.positive})
 _provider_limits = f.block(ProviderLimits, {
@@ -40,6 +50,38 @@ _mock = f.block(MockSpec, {
     "content": f.optional(f.string),
     "seed": f.optional(f.integer),
 })
+
+# A probe's body is sent every interval while a provider is out: it must stay a small request.
+MAX_PROBE_BODY_BYTES = 16 * 1024
+
+
+def _probe_path(value: object, path: str) -> str:
+    text = f.string(value, path)
+    if not text.startswith("/") or any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
+        raise Invalid(f"must be a path after base_url starting with `/` (e.g. /models), got {f.describe(text)}",
+                      path)
+    return text
+
+
+def _probe_body(value: object, path: str) -> Mapping[str, object]:
+    body = f.mapping(value, path, "a chat-completion request body (a mapping with `model` and `messages`)")
+    for key in ("model", "messages"):
+        if key not in body:
+            raise Invalid("is required in a probe body", f.join(path, key))
+    if body.get("stream"):
+        raise Invalid("a probe waits for a whole answer; remove `stream`", f.join(path, "stream"))
+    size = len(json.dumps(body, default=str))
+    if size > MAX_PROBE_BODY_BYTES:
+        raise Invalid(f"is {size} bytes as JSON; a probe body may have at most {MAX_PROBE_BODY_BYTES}", path)
+    return MappingProxyType(dict(body))
+
+
+def _health_probe(value: object, path: str) -> HealthProbe:
+    given = f.fields(f.section(value, path), path,
+                     {"interval_s": f.positive, "path": _probe_path, "body": f.optional(_probe_body)})
+    if "path" in given and given.get("body") is not None:
+        raise Invalid("set `path` (a GET) or `body` (a POST to chat/completions), not both", f.join(path, "body"))
+    return HealthProbe(**given)
 
 
 def providers(value: object, path: str, env: Mapping[str, str]) -> Mapping[str, Provider]:
@@ -62,6 +104,7 @@ def _provider(name: str, value: object, path: str, env: Mapping[str, str]) -> Pr
         "http_client": lambda raw, p: f.choice(raw, p, ("fast", "aiohttp")),
         "max_response_bytes": lambda raw, p: f.integer(raw, p, ge=1024),
         "tls": _tls,
+        "health_probe": f.optional(_health_probe),
     }
     given = f.fields(f.mapping(value, path), path, parsers, required=("base_url",))
     url = given["base_url"]

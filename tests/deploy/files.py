@@ -37,7 +37,8 @@ EXPORTED_METRICS = frozenset(f"llm_router_{name}" for name in (
     "stream_chunk_gap_seconds", "retries_total", "failovers_total", "retry_budget_exhausted_total",
     "client_rate_limited_total", "provider_throttled_total", "breaker_state", "breaker_ejections_total",
     "malformed_events_total", "upstream_resends_total", "tokens_total", "state_backend_errors_total", "build_info",
-    "config_reloads_total",
+    "config_reloads_total", "limit_header_throttles_total", "target_latency_seconds", "health_probes_total",
+    "hedges_total",
 ))
 _METRIC_TOKEN = re.compile(r"llm_router_[a-z_]+")
 _HISTOGRAM_SERIES = re.compile(r"_(bucket|count|sum)$")

@@ -45,6 +45,10 @@ ALL_METRICS = {
     "llm_router_state_backend_errors": "counter",
     "llm_router_build_info": "gauge",
     "llm_router_config_reloads": "counter",
+    "llm_router_limit_header_throttles": "counter",
+    "llm_router_target_latency_seconds": "gauge",
+    "llm_router_health_probes": "counter",
+    "llm_router_hedges": "counter",
 }
 MESSAGES = [{"role": "user", "content": "hi"}]
 CHAT = {"model": "chat", "messages": MESSAGES}
