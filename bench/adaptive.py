@@ -19,9 +19,10 @@ other); the loads are light (at most ~20 requests/s per variant).
    S (priority 1) is always fine, 10 requests/s. The old breaker defaults (max_ejection_s 30) vs the
    new defaults vs `health_probe` (GET /v1/models every 5 s): time until R serves again once it is
    back, and the client requests that still tried R while it was down.
-4. hedging: streams; H1 (priority 0) takes 10 s to its first event on 10% of requests (seeded), 100 ms
-   otherwise; H2 (priority 1) 200 ms; 10 streams/s. No hedge vs `hedge: {after_s: 1.0, max_percent: 15}`:
-   client time to first event p50/p99, upstream attempts per client request.
+4. hedging: streams; H1 (priority 0) takes 10 s to its first event on 10% of requests (one in each ten in
+   a row, at a seeded random place), 100 ms otherwise; H2 (priority 1) 200 ms; 10 streams/s. No hedge
+   vs `hedge: {after_s: 1.0, max_percent: 15}`: client time to first event p50/p99, upstream attempts
+   per client request.
 
 `--quick` shortens the long phases (about 3 minutes in all instead of about 5). A variant whose policy the
 router refuses (a key it does not know yet) is reported as such and the others still run. Writes
@@ -475,7 +476,8 @@ async def scenario_hedging(args: argparse.Namespace) -> dict[str, Any]:
         all_answered_row(metrics, judged=("without", "with"), what="streams complete ([DONE])"),
     ]
     return {"title": "4. Hedged streams", "labels": {v.name: v.label for v in variants},
-            "about": f"H1 (priority 0): first event after 10 s on 10% of streams (seeded draws), 100 ms otherwise "
+            "about": "H1 (priority 0): first event after 10 s on 10% of streams (one in each ten in a row, at a "
+                     "seeded random place), 100 ms otherwise "
                      f"(response headers at once); H2 (priority 1): 200 ms. {rate:g} streams/s for {duration:g} s, "
                      "each read to its end. Without: no hedge; with: `hedge: {after_s: 1.0, max_percent: 15}`. "
                      "Upstream attempts: chat requests both fakes received.",

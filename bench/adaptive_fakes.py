@@ -62,7 +62,9 @@ class Behaviour:
     latency_s: float = 0.05  # to the JSON answer, or to a stream's first event (its headers go at once)
     status: int = 200  # anything else: answer that status (an OpenAI error body), to every path
     up: bool = True  # False: the listener is closed (connection refused)
-    slow_fraction: float = 0.0  # share of requests (seeded draws) that take slow_latency_s instead
+    # Share of requests that take slow_latency_s instead: exactly one in each block of round(1 / slow_fraction)
+    # consecutive requests, its place in the block drawn with the fake's seeded random source.
+    slow_fraction: float = 0.0
     slow_latency_s: float = 0.0
 
 
@@ -131,6 +133,7 @@ class FakeProvider:
         self._runner: web.AppRunner | None = None
         self._driver: asyncio.Task[None] | None = None
         self._window = (-1, 0)  # (window index, requests admitted in it)
+        self._slow_block: list[bool] = []  # the draws left in the current block
 
     @property
     def base_url(self) -> str:
@@ -211,6 +214,15 @@ class FakeProvider:
             headers["Retry-After"] = str(wait)
         return admitted, headers
 
+    def _draw_slow(self, behaviour: Behaviour) -> bool:
+        if behaviour.slow_fraction <= 0:
+            return False
+        if not self._slow_block:
+            size = max(1, round(1 / behaviour.slow_fraction))
+            slow_at = self._rng.randrange(size)
+            self._slow_block = [index == slow_at for index in range(size)]
+        return self._slow_block.pop(0)
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         try:
             body = await request.json()
@@ -228,7 +240,7 @@ class FakeProvider:
             if not admitted:
                 self.records.append(Received(now, "chat", stream, 429))
                 return error_response(429, "Rate limit reached for requests", "rate_limit_exceeded", headers)
-        slow = behaviour.slow_fraction > 0 and self._rng.random() < behaviour.slow_fraction
+        slow = self._draw_slow(behaviour)
         self.records.append(Received(now, "chat", stream, 200, slow))
         delay = behaviour.slow_latency_s if slow else behaviour.latency_s
         if not stream:

@@ -28,11 +28,13 @@ from router.engine.outcome import SUCCESS, RequestRecord
 from router.engine.streaming import ChatStream
 from router.errors import InvalidRequest, PolicyError, RateLimited, RouteNotAllowed, RouterError, UnknownRoute
 from router.health.backends import HealthReport, MemoryBackend, StateBackend
+from router.health.prober import Check, HealthProber
 from router.health.quota import REQUESTS, TOKENS, UNAVAILABLE
 from router.observe.observer import UNKNOWN_ROUTE, NullObserver, Observer
 from router.policy import load_policy
 from router.policy.model import Client, Policy
 from router.request import ChatRequest, parse_chat_request
+from router.upstream.probe import ProbeSender
 from router.upstream.transport import HttpTransport, Transport
 
 Body = bytes | Mapping[str, Any] | ChatRequest
@@ -42,9 +44,11 @@ class Router:
     def __init__(self, policy: Policy, *, observer: Observer | None = None,
                  transport: Transport | None = None, clock: Clock | None = None,
                  rng: random.Random | None = None,
-                 sleep: Callable[[float], Awaitable[None]] | None = None, limit_share: float = 1.0) -> None:
+                 sleep: Callable[[float], Awaitable[None]] | None = None, limit_share: float = 1.0,
+                 health_check: Check | None = None) -> None:
         """`limit_share`: with the memory backend, the fraction of every limit this router enforces
-        (1/N when N worker processes serve one policy without Redis)."""
+        (1/N when N worker processes serve one policy without Redis). `health_check`: sends one
+        `health_probe` (default: upstream/probe.py's, over HTTP)."""
         self._clock = clock or SystemClock()
         self._observer = observer or NullObserver()
         self._backend = _backend_for(policy, self._observer, self._clock, limit_share)
@@ -55,6 +59,9 @@ class Router:
         self._engine = Engine(transport=self._transport, observer=self._observer, clock=self._clock,
                               rng=rng or random.Random(), sleep=sleep or asyncio.sleep)
         self._closed = False
+        self._own_probe = health_check is None
+        self._health_check: Check = health_check or ProbeSender()
+        self._prober: asyncio.Task[None] | None = None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> Router:
@@ -81,11 +88,22 @@ class Router:
         background rather than wait (no request waits on Redis longer than `state.timeout_ms`)."""
         if self._starting is None:
             self._starting = asyncio.ensure_future(self._backend.start(self._adopt_health))
+        self._start_prober()
         await asyncio.shield(self._starting)
 
+    def _start_prober(self) -> None:
+        """Probe ejected providers out of band, once a provider of the policy has a `health_probe`."""
+        if self._prober is not None or self._closed:
+            return
+        if not any(p.health_probe is not None for p in self._snapshot.policy.providers.values()):
+            return
+        prober = HealthProber(lambda: (self._snapshot.policy, self._snapshot.ledger), self._health_check,
+                              observer=self._observer, clock=self._clock)
+        self._prober = asyncio.ensure_future(prober.run())
+
     def _adopt_health(self, report: HealthReport) -> None:
-        for provider, target in self._snapshot.ledger.adopt_health(report, self._clock.monotonic()):
-            self._observer.breaker_changed(provider, target, "open")
+        for provider, target, state in self._snapshot.ledger.adopt_health(report, self._clock.monotonic()):
+            self._observer.breaker_changed(provider, target, state)
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
@@ -94,6 +112,12 @@ class Router:
         if self._closed:
             return
         self._closed = True
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
+        if self._own_probe:
+            await self._health_check.aclose()  # type: ignore[attr-defined]
         if self._starting is not None and not self._starting.done():
             self._starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -114,6 +138,8 @@ class Router:
         if configure is not None:
             configure(policy.providers)
         self._snapshot = snapshot
+        if self._starting is not None:
+            self._start_prober()
 
     # -- requests ----------------------------------------------------------------------------
     async def chat(self, body: Body, *, client: str | None = None, request_id: str | None = None,
@@ -168,6 +194,7 @@ class Router:
         the record; after a successful return, `_finished` must."""
         if self._starting is None:
             self._starting = asyncio.ensure_future(self._backend.start(self._adopt_health))
+            self._start_prober()
         snapshot = self._snapshot
         policy = snapshot.policy
         route = policy.find_route(request.model)

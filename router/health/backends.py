@@ -13,12 +13,16 @@ from typing import Protocol
 
 from router.health.quota import MemoryQuota, Quota, QuotaSpec
 
-# What other replicas reported: (field, seconds left), field = "eject:<target>" | "throttle:<provider>".
+# What other replicas reported: (field, seconds left), field = "eject:<target>" | "throttle:<provider>"
+# | "recovered:<provider>".
 HealthReport = Sequence[tuple[str, float]]
 ApplyHealth = Callable[[HealthReport], None]
 
 EJECT = "eject:"
 THROTTLE = "throttle:"
+RECOVERED = "recovered:"
+# How long a probe's "it is back" stays visible to the fleet: a few health syncs.
+RECOVERED_TTL_S = 5.0
 
 
 class StateBackend(Protocol):
@@ -26,6 +30,8 @@ class StateBackend(Protocol):
 
     def quota(self, key: str, spec: QuotaSpec) -> Quota: ...
     def publish(self, field: str, seconds: float) -> None: ...
+    def clear(self, field: str) -> None: ...  # delete a published field (an ejection that is over)
+    async def claim(self, name: str, seconds: float) -> bool: ...  # one replica per period: True for it
     async def start(self, apply: ApplyHealth) -> None: ...
     async def aclose(self) -> None: ...
 
@@ -44,6 +50,12 @@ class MemoryBackend:
 
     def publish(self, field: str, seconds: float) -> None:
         pass  # nobody else to tell
+
+    def clear(self, field: str) -> None:
+        pass
+
+    async def claim(self, name: str, seconds: float) -> bool:
+        return True  # the only replica
 
     async def start(self, apply: ApplyHealth) -> None:
         pass

@@ -16,7 +16,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from router.health.backends import EJECT, THROTTLE, HealthReport, MemoryBackend, StateBackend
+from router.health.backends import (
+    EJECT,
+    RECOVERED,
+    RECOVERED_TTL_S,
+    THROTTLE,
+    HealthReport,
+    MemoryBackend,
+    StateBackend,
+)
 from router.health.breaker import Breaker
 from router.health.quota import Quota, QuotaSpec, Rate
 from router.health.retry_budget import RetryBudgetTracker
@@ -146,20 +154,49 @@ class Ledger:
         self._providers[provider].throttle(until, cause)
         self.backend.publish(THROTTLE + provider, until - now)
 
-    def adopt_health(self, report: HealthReport, now: float) -> list[tuple[str, str]]:
-        """Apply what the fleet knows. Returns (provider, target) of breakers this opened."""
-        opened = []
+    def adopt_health(self, report: HealthReport, now: float) -> list[tuple[str, str, str]]:
+        """Apply what the fleet knows. Returns (provider, target, "open" | "closed") of the breakers
+        this changed."""
+        changed = []
         for field, seconds in report:
             if field.startswith(EJECT):
                 key = field[len(EJECT):]
                 breaker = self._breakers.get(key)
                 if breaker is not None and breaker.adopt_ejection(now + seconds, now):
-                    opened.append((self._target_provider[key], key))
+                    changed.append((self._target_provider[key], key, "open"))
             elif field.startswith(THROTTLE):
                 provider = self._providers.get(field[len(THROTTLE):])
                 if provider is not None:
                     provider.throttle(now + seconds, "peer")
-        return opened
+            elif field.startswith(RECOVERED):
+                name = field[len(RECOVERED):]
+                # A replica's probe found it back at about this time: ejections from before then are over.
+                found_back = now + seconds - RECOVERED_TTL_S
+                for key, breaker in self.provider_breakers(name):
+                    if breaker.open_until is not None and breaker.last_failure <= found_back and breaker.recovered():
+                        self._stats[key].forget()
+                        changed.append((name, key, "closed"))
+        return changed
+
+    # -- the health prober (health/prober.py) -----------------------------------------------------
+    def recovered(self, provider: str, now: float) -> list[tuple[str, str]]:
+        """A probe found `provider` healthy: close its breakers, here and in the fleet. Returns
+        (target, "closed") of the breakers this closed."""
+        closed = []
+        for key, breaker in self.provider_breakers(provider):
+            if breaker.recovered():
+                self._stats[key].forget()  # a fair trial, not its outage's figures
+                closed.append((key, "closed"))
+            self.backend.clear(EJECT + key)
+        self.backend.publish(RECOVERED + provider, RECOVERED_TTL_S)
+        return closed
+
+    def probe_failed(self, provider: str, now: float) -> None:
+        """A probe found `provider` still down: its open breakers stay open (and the fleet hears of it)."""
+        for key, breaker in self.provider_breakers(provider):
+            if breaker.open_until is not None:
+                breaker.probe_failed(now)
+                self.backend.publish(EJECT + key, max(0.0, breaker.open_until - now))
 
     def route_down_for(self, tiers: Iterable[Iterable[Target]], now: float) -> float | None:
         """Seconds until a target of `tiers` is admitted again if every target's breaker is open, else None."""

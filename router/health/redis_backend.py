@@ -218,6 +218,25 @@ class RedisBackend:
             self._pending[field] = ms
         self._wake.set()
 
+    def clear(self, field: str) -> None:
+        self._pending[field] = -1  # the script deletes the field
+        self._wake.set()
+
+    async def claim(self, name: str, seconds: float) -> bool:
+        """SET NX with a TTL: the replica that sets it owns `name` for `seconds`. While Redis is
+        unreachable every replica claims (each probes on its own, as with `on_error: local`)."""
+        if not self.up:
+            return True
+        try:
+            async with asyncio.timeout(self._timeout):
+                claimed = await self._client.set(self.config.key_prefix + "claim:" + name, "1", nx=True,
+                                                 px=max(1, round(seconds * 1000)))
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed("claim", exc)
+            return True
+        self._answered()
+        return bool(claimed)
+
     async def sync(self) -> bool:
         """Publish pending ejections/throttles and read everyone's; one round trip."""
         pending, self._pending = self._pending, {}

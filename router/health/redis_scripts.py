@@ -64,7 +64,9 @@ return '0'
 
 # KEYS[1]: the health hash. ARGV: pairs of (field, duration_ms) to publish; none = read only.
 # A field holds the server time (ms) until which a target is ejected (`eject:<target>`)
-# or a provider throttled (`throttle:<provider>`); a later time never gets shortened.
+# or a provider throttled (`throttle:<provider>`), or a probe found a provider back
+# (`recovered:<provider>`); a later time never gets shortened, and a negative duration deletes the
+# field (a probe that found the provider back clears its targets' ejections).
 # Returns the live fields as a flat list: field, remaining_ms, field, remaining_ms, ...
 HEALTH = """
 local t = redis.call('TIME')
@@ -72,10 +74,15 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local key = KEYS[1]
 local longest = 0
 for i = 1, #ARGV, 2 do
-  local until_ms = now + tonumber(ARGV[i + 1])
-  local saved = tonumber(redis.call('HGET', key, ARGV[i]))
-  if saved == nil or until_ms > saved then
-    redis.call('HSET', key, ARGV[i], until_ms)
+  local ms = tonumber(ARGV[i + 1])
+  if ms < 0 then
+    redis.call('HDEL', key, ARGV[i])
+  else
+    local until_ms = now + ms
+    local saved = tonumber(redis.call('HGET', key, ARGV[i]))
+    if saved == nil or until_ms > saved then
+      redis.call('HSET', key, ARGV[i], until_ms)
+    end
   end
 end
 local out = {}

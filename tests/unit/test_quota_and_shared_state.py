@@ -73,7 +73,7 @@ def test_state_adopts_what_other_replicas_report_and_ignores_unknown_names() -> 
     p_target = policy.routes["chat"].targets[0]
     opened = state.adopt_health([(f"eject:{p_target.key}", 3.0), ("throttle:q", 1.0),
                                  ("eject:gone/model", 9.0), ("throttle:gone", 9.0), ("other", 1.0)], now=50.0)
-    assert opened == [("p", p_target.key)]
+    assert opened == [("p", p_target.key, "open")]
     assert not state.breaker(p_target).available(52.9)
     assert state.breaker(p_target).available(53.0)  # half-open: a probe of its own
     assert state.provider("q").throttled_until == 51.0
