@@ -36,190 +36,40 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-import yaml
-from prometheus_client.parser import text_string_to_metric_families
-
 try:
-    from bench.adaptive_fakes import Behaviour, FakeProvider, RateWindow, Sample, free_port, open_loop
+    from bench.adaptive_fakes import (
+        Behaviour,
+        FakeProvider,
+        RateWindow,
+        Sample,
+        Variant,
+        metric_sum,
+        open_loop,
+        run_variants,
+        stop_all,
+        targets,
+    )
 except ImportError:  # run as a script: python bench/adaptive.py
-    from adaptive_fakes import Behaviour, FakeProvider, RateWindow, Sample, free_port, open_loop
+    from adaptive_fakes import (
+        Behaviour,
+        FakeProvider,
+        RateWindow,
+        Sample,
+        Variant,
+        metric_sum,
+        open_loop,
+        run_variants,
+        stop_all,
+        targets,
+    )
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-MODEL = "fake-model"
-_PROCESSES: list[subprocess.Popen[bytes]] = []  # every router started, killed at exit whatever happens
-
-
-# -- the router daemon -----------------------------------------------------------------------------------
-class PolicyRejected(RuntimeError):
-    """The router exited before it was ready: it refused the policy (or could not start)."""
-
-
-class Daemon:
-    """One `router serve` process on a generated policy, its log in the run's temporary directory."""
-
-    def __init__(self, label: str, policy: dict[str, Any], workdir: Path) -> None:
-        self.port = free_port()
-        policy["server"] = {"host": "127.0.0.1", "port": self.port, "drain_timeout_s": 1}
-        self.policy_path = workdir / f"{label.replace('/', '-')}.yaml"
-        self.log_path = self.policy_path.with_suffix(".log")
-        self.policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def spawn(self) -> None:
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "router.cli", "serve", "-c", str(self.policy_path), "--log-level", "warning"],
-                stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT, start_new_session=True)
-        _PROCESSES.append(self.proc)
-
-    async def ready(self, timeout_s: float = 30.0) -> None:
-        """Wait for GET /readyz to answer 200; PolicyRejected if the process ends first."""
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout_s
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise PolicyRejected(self.log_tail())
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.get(self.url + "/readyz") as resp:
-                        if resp.status == 200:
-                            return
-                await asyncio.sleep(0.05)
-        raise RuntimeError(f"the router was not ready within {timeout_s} s: {self.log_tail()}")
-
-    async def metrics(self) -> list[tuple[str, dict[str, str], float]]:
-        """The daemon's /metrics as (sample name, labels, value)."""
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session, \
-                session.get(self.url + "/metrics") as resp:
-            text = await resp.text()
-        return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]
-
-    def log_tail(self, lines: int = 3) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])[-600:] or "(no output)"
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def metric_sum(samples: Sequence[tuple[str, dict[str, str], float]], name: str,
-               keep: Callable[[dict[str, str]], bool]) -> float:
-    return sum(value for sample, labels, value in samples if sample == name and keep(labels))
-
-
-# -- variants: fakes + router + a drive, side by side -------------------------------------------------------
-@dataclass
-class Variant:
-    name: str
-    label: str  # the table's column header
-    fakes: dict[str, FakeProvider]
-    targets: list[dict[str, Any]]
-    route: dict[str, Any]
-    providers: dict[str, dict[str, Any]]
-    daemon: Daemon | None = None
-    rejected: str | None = None
-
-    def policy(self) -> dict[str, Any]:
-        return {"version": 1,
-                "providers": {name: {"base_url": fake.base_url, **self.providers.get(name, {})}
-                              for name, fake in self.fakes.items()},
-                "routes": {"bench": {"targets": self.targets, **self.route}}}
-
-    @property
-    def chat_url(self) -> str:
-        assert self.daemon is not None
-        return self.daemon.url + "/v1/chat/completions"
-
-
-def targets(*tiers: str) -> list[dict[str, Any]]:
-    """`targets("A B")`: A and B in tier 0; `targets("P1", "P2")`: P1 in tier 0, P2 in tier 1."""
-    return [{"provider": name, "model": MODEL, "priority": priority, "weight": 1}
-            for priority, tier in enumerate(tiers) for name in tier.split()]
-
-
-Drive = Callable[[Variant, float], Awaitable[dict[str, Any]]]
-
-
-async def _setup(variant: Variant, workdir: Path) -> None:
-    for fake in variant.fakes.values():
-        await fake.start()
-    variant.daemon = Daemon(variant.name, variant.policy(), workdir)
-    variant.daemon.spawn()
-    try:
-        await variant.daemon.ready()
-    except PolicyRejected as exc:
-        variant.rejected = str(exc)
-        print(f"  {variant.name}: the router refused the policy: {exc}", flush=True)
-
-
-async def _drive(variant: Variant, drive: Drive) -> dict[str, Any]:
-    if variant.rejected is not None:
-        return {"rejected": variant.rejected}
-    origin = time.monotonic() + 0.2
-    for fake in variant.fakes.values():
-        fake.begin(origin)
-    return await drive(variant, origin)
-
-
-async def _teardown(variant: Variant) -> None:
-    if variant.daemon is not None:
-        await asyncio.to_thread(variant.daemon.stop)
-    for fake in variant.fakes.values():
-        await fake.stop()
-
-
-async def run_variants(variants: Sequence[Variant], drive: Drive, *, sequential: bool) -> dict[str, dict[str, Any]]:
-    """Run each variant's drive (all at once, or one after the other); every process and fake is stopped after."""
-    with tempfile.TemporaryDirectory(prefix="bench-adaptive-") as tmp:
-        workdir = Path(tmp)
-        if sequential:
-            results = []
-            for variant in variants:
-                try:
-                    await _setup(variant, workdir)
-                    results.append(await _drive(variant, drive))
-                finally:
-                    await _teardown(variant)
-        else:
-            try:
-                await asyncio.gather(*(_setup(variant, workdir) for variant in variants))
-                results = list(await asyncio.gather(*(_drive(variant, drive) for variant in variants)))
-            finally:
-                await asyncio.gather(*(_teardown(variant) for variant in variants))
-    return {variant.name: result for variant, result in zip(variants, results, strict=True)}
-
-
 # -- measuring -----------------------------------------------------------------------------------------------
 def percentile(values: Sequence[float], q: float) -> float | None:
     ordered = sorted(values)
@@ -239,7 +89,7 @@ def share(samples: Sequence[Sample], provider: str) -> float | None:
 
 
 def time_to_majority(samples: Sequence[Sample], provider: str, start: float, end: float, *, window_s: float = 1.0,
-                     hold_s: float = 2.0, step_s: float = 0.1) -> float | None:
+                     hold_s: float = 3.0, step_s: float = 0.1) -> float | None:
     """Seconds after `start` until `provider` served more than half of the requests sent in the trailing
     `window_s`, and kept doing so for `hold_s` (so a weighted coin landing twice does not count)."""
     answered = ok_samples(samples)
@@ -296,8 +146,8 @@ async def scenario_adaptive(args: argparse.Namespace) -> dict[str, Any]:
         row("share served by A once warm (s 3-10)", metrics, "share_a_warm", pct, "≥ 90%", lambda v: v >= 0.9),
         row("A slow: most traffic on B after", metrics, "to_b_s", secs, "≤ 5 s", lambda v: v <= 5),
         row("A fast again: most traffic back on A after", metrics, "back_to_a_s", secs, "≤ 15 s", lambda v: v <= 15),
-        *(row(f"{q} latency, {phase}", metrics, f"{q} {phase}", msec)
-          for phase in ("warm", "A slow", "A fast again") for q in ("p50_ms", "p99_ms")),
+        *(row(f"latency {q}, {phase}", metrics, f"{q}_ms {phase}", msec)
+          for phase in ("warm", "A slow", "A fast again") for q in ("p50", "p99")),
         row("client requests not answered 200", metrics, "not_200", str, "0", lambda v: v == 0,
             judged=("without", "with")),
     ]
@@ -306,7 +156,7 @@ async def scenario_adaptive(args: argparse.Namespace) -> dict[str, Any]:
                      f"from s {t_slow:g} to s {t_fast:g}, then 50 ms again until s {end:g}. Without: "
                      "`strategy: weighted` (equal weights); with: `strategy: adaptive`, "
                      "`adaptive: {half_life_s: 10, explore_percent: 5}`. \"Most traffic\": over 50% of the requests "
-                     "sent in the trailing 1 s, for 2 s in a row.",
+                     "sent in the trailing 1 s, for 3 s in a row.",
             "params": {"warm_s": warm, "slow_s": slow, "recover_s": recover, "rate": rate},
             "variants": metrics, "rows": rows, "series": series}
 
@@ -570,17 +420,17 @@ def render_chart(scenario: dict[str, Any], path: Path) -> bool:
     t_slow, t_fast = params["warm_s"], params["warm_s"] + params["slow_s"]
     end = t_fast + params["recover_s"]
     titles = {"without": "strategy: weighted", "with": "strategy: adaptive"}
-    fig, axes = plt.subplots(len(series) + 1, 1, figsize=(10, 3.2 * (len(series) + 1)), sharex=True)
+    fig, axes = plt.subplots(len(series) + 1, 1, figsize=(12, 3.2 * (len(series) + 1)), sharex=True)
     steps = [i * 0.25 for i in range(4, int(end / 0.25) + 1)]
     for ax, (name, points) in zip(axes, series.items(), strict=False):
         for provider, color in (("A", "tab:blue"), ("B", "tab:orange")):
             mine = [(t, lat * 1000) for t, lat, p in points if p == provider]
-            ax.scatter([t for t, _ in mine], [lat for _, lat in mine], s=4, alpha=0.35, color=color,
+            ax.scatter([t for t, _ in mine], [lat for _, lat in mine], s=5, alpha=0.4, color=color, zorder=3,
                        label=f"served by {provider}")
         for q, style in ((0.5, "-"), (0.99, "--")):
             rolling = [percentile([lat for t0, lat, _ in points if t - 1 < t0 <= t], q) for t in steps]
-            ax.plot(steps, [None if v is None else v * 1000 for v in rolling], style, color="black",
-                    label=f"p{round(q * 100)} (1 s rolling)")
+            ax.plot(steps, [None if v is None else v * 1000 for v in rolling], style, color="black", linewidth=1,
+                    alpha=0.8, label=f"p{round(q * 100)} (1 s rolling)")
         ax.set_yscale("log")
         ax.set_ylabel("latency (ms)")
         ax.set_title(titles.get(name, name))
@@ -594,7 +444,7 @@ def render_chart(scenario: dict[str, Any], path: Path) -> bool:
     share_ax.set_ylim(0, 105)
     for ax in axes:
         ax.axvspan(t_slow, t_fast, color="red", alpha=0.08, label="A answers in 1 s")
-        ax.legend(loc="upper right", fontsize=7)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.suptitle("A 50 ms, B 500 ms in one tier; A slows to 1 s, then recovers")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -628,8 +478,7 @@ def main() -> int:
     try:
         results = asyncio.run(run_all(names, args))
     finally:
-        for proc in _PROCESSES:
-            stop_process(proc)
+        stop_all()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "adaptive.json"
