@@ -135,6 +135,18 @@ def explain_route(policy: Policy, route: Route, requested: str) -> str:
     budget = policy.retry_budget
     lines.append(f"  retry budget: {budget.percent:g}% of requests over {budget.window_s:g}s "
                  f"+ {budget.min_per_second:g}/s")
+    if route.strategy == "adaptive":
+        adaptive = route.adaptive
+        lines.append(f"  adaptive: power of two choices by latency x (in flight + 1) x (1 + recent failures); "
+                     f"half-life {adaptive.half_life_s:g}s, explore {adaptive.explore_percent:g}%")
+    hedge = route.hedge
+    if hedge is None:
+        lines.append("  hedge: off")
+    else:
+        after = f"the p{100 * hedge.after_quantile:g} of the target's time to first byte (until then " \
+            f"{hedge.after_s:g}s)" if hedge.after_quantile is not None else f"{hedge.after_s:g}s"
+        lines.append(f"  hedge: a second target after {after} without a first byte; "
+                     f"at most {hedge.max_percent:g}% of requests over 10s")
     for priority in sorted({t.priority for t in route.targets}):
         tier = [t for t in route.targets if t.priority == priority]
         total = sum(t.weight for t in tier)
@@ -142,13 +154,20 @@ def explain_route(policy: Policy, route: Route, requested: str) -> str:
         for target in tier:
             provider = policy.providers[target.provider]
             timeouts, breaker = provider.timeouts, provider.breaker
-            share = f"{100 * target.weight / total:.0f}%" if route.strategy == "weighted" else "least busy"
+            share = {"weighted": f"{100 * target.weight / total:.0f}%", "least_busy": "least busy",
+                     "adaptive": f"adaptive, weight {target.weight:g}"}[route.strategy]
             lines.append(f"    {target.provider} model {target.upstream_model(requested)!r} ({share})")
             lines.append(f"      {provider.chat_url}; timeouts connect {timeouts.connect_s:g}s, "
                          f"first byte {timeouts.first_byte_s:g}s, idle {timeouts.idle_s:g}s")
             lines.append(f"      breaker: {breaker.consecutive_failures} failures -> eject "
                          f"{breaker.base_ejection_s:g}s..{breaker.max_ejection_s:g}s; "
                          f"prefill {'yes' if provider.supports_prefill else 'no'}")
+            probe = provider.health_probe
+            if probe is not None:
+                what = f"POST {provider.chat_url} (a small chat body)" if probe.body is not None \
+                    else f"GET {provider.base_url}{probe.path}"
+                lines.append(f"      health probe while ejected: {what} every {probe.interval_s:g}s "
+                             "(no client request is spent on it)")
     return "\n".join(lines)
 
 

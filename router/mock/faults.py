@@ -101,6 +101,8 @@ class Ok:
     model: str | None = None
     label: str = "ok"
     interval_s: float = 0.0  # between streamed chunks
+    # Extra response headers of a JSON answer (a provider's x-ratelimit-* fields, say).
+    headers: Mapping[str, str] | None = None
 
     @property
     def name(self) -> str:

@@ -280,7 +280,7 @@ class FakeProvider:
                                        model=fault.model, label=fault.label, interval_s=fault.interval_s)
                     return await self._stream(request, hit, as_stream, view)
                 hit.status = 200
-                return _json_response(200, self._completion(fault, view))
+                return _json_response(200, self._completion(fault, view), fault.headers)
             case Status():
                 hit.status = fault.status
                 return _status_response(fault)

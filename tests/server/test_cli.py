@@ -240,3 +240,27 @@ async def test_mock_serves_503s_at_error_rate_one(tmp_path: Path) -> None:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+def test_explain_shows_the_adaptive_strategy_the_hedge_and_the_health_probe(tmp_path: Path) -> None:
+    path = tmp_path / "learning.yaml"
+    path.write_text("""
+providers:
+  a: {base_url: "http://127.0.0.1:9/v1", health_probe: {interval_s: 3}}
+  b: {base_url: "http://127.0.0.1:9/v1", health_probe: {body: {model: m, messages: [{role: user, content: hi}]}}}
+routes:
+  chat:
+    strategy: adaptive
+    adaptive: {half_life_s: 4, explore_percent: 2}
+    hedge: {after_quantile: 0.9, max_percent: 10}
+    targets: [{provider: a, model: m}, {provider: b, model: m}]
+  plain:
+    targets: [{provider: a, model: m}]
+""")
+    out = cli("explain", "-c", str(path), "chat").stdout
+    assert "strategy adaptive" in out and "half-life 4s, explore 2%" in out
+    assert "hedge: a second target after the p90 of the target's time to first byte (until then 1s)" in out
+    assert "at most 10% of requests over 10s" in out
+    assert "GET http://127.0.0.1:9/v1/models every 3s" in out
+    assert "POST http://127.0.0.1:9/v1/chat/completions (a small chat body) every 5s" in out
+    assert "hedge: off" in cli("explain", "-c", str(path), "plain").stdout
