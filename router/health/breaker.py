@@ -129,6 +129,8 @@ class Breaker:
         was_available = self.available(now)
         if self._open_until is None or until > self._open_until:
             self._open_until = until
+            # When this replica learnt of the failure: a probe's recovery from before it must not undo it.
+            self.last_failure = max(self.last_failure, now)
         return was_available and not self.available(now)
 
     def _eject(self, now: float) -> None:

@@ -32,6 +32,8 @@ from router.health.target_stats import TargetStats
 from router.health.view import READY, Availability, Status
 from router.policy.model import Client, ClientLimits, HedgePolicy, Policy, Provider, ProviderLimits, RetryBudget, Target
 
+# How far apart "ejected" and "found back" must be to tell their order across replicas.
+_RECOVERY_SLACK_S = 0.01
 # Hedges are budgeted over the route's requests of the last 10 s (the contract), with no floor.
 HEDGE_WINDOW_S = 10.0
 
@@ -170,8 +172,9 @@ class Ledger:
                     provider.throttle(now + seconds, "peer")
             elif field.startswith(RECOVERED):
                 name = field[len(RECOVERED):]
-                # A replica's probe found it back at about this time: ejections from before then are over.
-                found_back = now + seconds - RECOVERED_TTL_S
+                # A replica's probe found it back at about this time (Redis counts in milliseconds, and the
+                # report is a sync old): ejections learnt before then are over.
+                found_back = now + seconds - RECOVERED_TTL_S + _RECOVERY_SLACK_S
                 for key, breaker in self.provider_breakers(name):
                     if breaker.open_until is not None and breaker.last_failure <= found_back and breaker.recovered():
                         self._stats[key].forget()
