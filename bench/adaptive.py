@@ -15,10 +15,13 @@ other); the loads are light (at most ~20 requests/s per variant).
    windows. P1 without vs with `x-ratelimit-*-requests` headers on every answer: P1's 429s per client
    request, and that every request is served. A third column sends an honest Retry-After (the time to
    the window's reset) instead of `Retry-After: 1`.
-3. recovery: R (priority 0) goes down for 60 s (connection refused, and in a second set answering 503),
+3. recovery: R (priority 0) goes down for 50 s (connection refused, and in a second set answering 503),
    S (priority 1) is always fine, 10 requests/s. The old breaker defaults (max_ejection_s 30) vs the
    new defaults vs `health_probe` (GET /v1/models every 5 s): time until R serves again once it is
-   back, and the client requests that still tried R while it was down.
+   back, and the client requests that still tried R while it was down. The breaker's ejections have no
+   jitter, so that time depends on where the recovery falls in the ejection cycle: at 60 s, old and
+   new would both be back 5.5 s after; at 50 s (20 s with --quick) old waits ~15 s, new ~5 s (the
+   worst cases: ~30 s and ~10 s).
 4. hedging: streams; H1 (priority 0) takes 10 s to its first event on 10% of requests (one in each ten in
    a row, at a seeded random place), 100 ms otherwise; H2 (priority 1) 200 ms; 10 streams/s. No hedge
    vs `hedge: {after_s: 1.0, max_percent: 15}`: client time to first event p50/p99, upstream attempts
@@ -36,6 +39,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -43,65 +47,45 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from bench.adaptive_fakes import (
-        Behaviour,
-        FakeProvider,
-        RateWindow,
-        Sample,
-        Variant,
-        metric_sum,
-        open_loop,
-        run_variants,
-        stop_all,
-        targets,
+    from bench.adaptive_fakes import Behaviour, FakeProvider, RateWindow
+    from bench.adaptive_harness import Sample, Variant, metric_sum, open_loop, run_variants, stop_all, targets
+    from bench.adaptive_report import (
+        _ms,
+        all_answered_row,
+        msec,
+        ok_samples,
+        pct,
+        percentile,
+        render_chart,
+        render_markdown,
+        render_table,
+        row,
+        secs,
+        sent,
+        share,
+        time_to_majority,
     )
 except ImportError:  # run as a script: python bench/adaptive.py
-    from adaptive_fakes import (
-        Behaviour,
-        FakeProvider,
-        RateWindow,
-        Sample,
-        Variant,
-        metric_sum,
-        open_loop,
-        run_variants,
-        stop_all,
-        targets,
+    from adaptive_fakes import Behaviour, FakeProvider, RateWindow
+    from adaptive_harness import Sample, Variant, metric_sum, open_loop, run_variants, stop_all, targets
+    from adaptive_report import (
+        _ms,
+        all_answered_row,
+        msec,
+        ok_samples,
+        pct,
+        percentile,
+        render_chart,
+        render_markdown,
+        render_table,
+        row,
+        secs,
+        sent,
+        share,
+        time_to_majority,
     )
 
 HERE = Path(__file__).resolve().parent
-# -- measuring -----------------------------------------------------------------------------------------------
-def percentile(values: Sequence[float], q: float) -> float | None:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else None
-
-
-def ok_samples(samples: Sequence[Sample], start: float = float("-inf"), end: float = float("inf")) -> list[Sample]:
-    return [s for s in samples if s.status == 200 and start <= s.sent < end]
-
-
-def sent(samples: Sequence[Sample]) -> list[Sample]:
-    return [s for s in samples if s.error is None or not s.error.startswith("skipped")]
-
-
-def share(samples: Sequence[Sample], provider: str) -> float | None:
-    return sum(s.provider == provider for s in samples) / len(samples) if samples else None
-
-
-def time_to_majority(samples: Sequence[Sample], provider: str, start: float, end: float, *, window_s: float = 1.0,
-                     hold_s: float = 3.0, step_s: float = 0.1) -> float | None:
-    """Seconds after `start` until `provider` served more than half of the requests sent in the trailing
-    `window_s`, and kept doing so for `hold_s` (so a weighted coin landing twice does not count)."""
-    answered = ok_samples(samples)
-    checks: list[tuple[float, bool]] = []
-    for index in range(1, round((end - start) / step_s) + 1):
-        t = start + index * step_s
-        fraction = share([s for s in answered if t - window_s < s.sent <= t], provider)
-        checks.append((t, fraction is not None and fraction > 0.5))
-    for index, (t, good) in enumerate(checks):
-        if good and all(g for u, g in checks[index:] if u <= t + hold_s):
-            return t - start
-    return None
 
 
 # -- scenario 1: adaptive ----------------------------------------------------------------------------------------
@@ -134,7 +118,9 @@ async def scenario_adaptive(args: argparse.Namespace) -> dict[str, Any]:
             "requests": len(sent(samples)), "not_200": len(sent(samples)) - len(ok_samples(samples)),
             "share_a_warm": share(ok_samples(samples, 3.0, warm), "A"),
             "to_b_s": time_to_majority(samples, "B", t_slow, t_fast),
-            "back_to_a_s": time_to_majority(samples, "A", t_fast, end)}
+            "back_to_a_s": time_to_majority(samples, "A", t_fast, end),
+            "share_a_slow": share(ok_samples(samples, t_slow + 5, t_fast), "A"),
+            "share_a_end": share(ok_samples(samples, end - 5, end), "A")}
         for phase, (start, stop) in phases.items():
             latencies = [s.latency for s in ok_samples(samples, start, stop) if s.latency is not None]
             m[f"p50_ms {phase}"] = _ms(percentile(latencies, 0.5))
@@ -146,6 +132,8 @@ async def scenario_adaptive(args: argparse.Namespace) -> dict[str, Any]:
         row("share served by A once warm (s 3-10)", metrics, "share_a_warm", pct, "≥ 90%", lambda v: v >= 0.9),
         row("A slow: most traffic on B after", metrics, "to_b_s", secs, "≤ 5 s", lambda v: v <= 5),
         row("A fast again: most traffic back on A after", metrics, "back_to_a_s", secs, "≤ 15 s", lambda v: v <= 15),
+        row("share served by A while slow, from 5 s in", metrics, "share_a_slow", pct),
+        row("share served by A in the last 5 s", metrics, "share_a_end", pct),
         *(row(f"latency {q}, {phase}", metrics, f"{q}_ms {phase}", msec)
           for phase in ("warm", "A slow", "A fast again") for q in ("p50", "p99")),
         row("client requests not answered 200", metrics, "not_200", str, "0", lambda v: v == 0,
@@ -215,7 +203,9 @@ async def scenario_limits(args: argparse.Namespace) -> dict[str, Any]:
 
 # -- scenario 3: recovery after a long outage ----------------------------------------------------------------------
 async def scenario_recovery(args: argparse.Namespace) -> dict[str, Any]:
-    warm, outage, after = (5.0, 30.0, 35.0) if args.quick else (5.0, 60.0, 40.0)
+    # Ejections last 5, 10, 20, 30, 30 ... s (old) or 5, 10, 10 ... s (new) from ~0.5 s into the outage: after
+    # 60 s (or 30 s) both would end 5.5 s after the recovery. 50 s (20 s) falls mid-cycle: ~15 s vs ~5 s.
+    warm, outage, after = (5.0, 20.0, 35.0) if args.quick else (5.0, 50.0, 40.0)
     t_down, t_up, end = warm, warm + outage, warm + outage + after
     rate = 10.0
     configs: dict[str, dict[str, Any]] = {
@@ -340,118 +330,6 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], Awaitable[dict[str, Any]]]] 
     "hedging": scenario_hedging}
 
 
-# -- tables -------------------------------------------------------------------------------------------------
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else seconds * 1000
-
-
-def pct(value: float | None) -> str:
-    return "—" if value is None else f"{value * 100:.1f}%"
-
-
-def secs(value: float | None, missing: str = "never") -> str:
-    return missing if value is None else f"{value:.2f} s"
-
-
-def msec(value: float | None) -> str:
-    return "—" if value is None else f"{value:.0f} ms"
-
-
-def row(metric: str, metrics: dict[str, dict[str, Any]], key: str, fmt: Callable[[Any], str], target: str = "—",
-        ok: Callable[[Any], bool] | None = None, judged: Sequence[str] = ("with",)) -> dict[str, Any]:
-    """One table row: each variant's value, the target and whether the `judged` variants that ran meet it."""
-    values = {name: "refused policy" if "rejected" in m else fmt(m.get(key)) for name, m in metrics.items()}
-    checked = [metrics[name].get(key) for name in judged if name in metrics and "rejected" not in metrics[name]]
-    if ok is None:
-        met = "—"
-    elif not checked:
-        met = "n/a"
-    else:
-        met = "yes" if all(value is not None and ok(value) for value in checked) else "no"
-    return {"metric": metric, "values": values, "target": target, "met": met}
-
-
-def all_answered_row(metrics: dict[str, dict[str, Any]], judged: Sequence[str],
-                     what: str = "client requests answered 200") -> dict[str, Any]:
-    shown = {name: m if "rejected" in m else {**m, "both": (m["answered_200"], m["requests"])}
-             for name, m in metrics.items()}
-    return row(what, shown, "both", lambda v: f"{v[0]}/{v[1]}", "all", lambda v: v[0] == v[1], judged=judged)
-
-
-def render_table(scenario: dict[str, Any]) -> str:
-    names = list(scenario["labels"])
-    header = ["metric", *(scenario["labels"][name] for name in names), "target", "met"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in scenario["rows"]:
-        lines.append("| " + " | ".join([r["metric"], *(r["values"].get(n, "—") for n in names), r["target"],
-                                        r["met"]]) + " |")
-    return "\n".join(lines)
-
-
-def render_markdown(doc: dict[str, Any]) -> str:
-    out = ["# Adaptive features: without vs with", "",
-           "Written by `python bench/adaptive.py` (see its docstring). \"met\" judges the variants the feature is "
-           "for (the \"with\" column; in recovery, new defaults and probes); \"refused policy\": the router did "
-           "not accept that variant's policy keys.", ""]
-    for key in SCENARIOS:
-        scenario = doc["scenarios"].get(key)
-        if scenario is None:
-            continue
-        out += [f"## {scenario['title']}", "", scenario["about"], "",
-                f"Run {scenario['run_at']}{' with --quick' if scenario['quick'] else ''}.", "",
-                render_table(scenario), ""]
-        out += [f"- `{name}`: the router refused the policy: {m['rejected']}"
-                for name, m in scenario["variants"].items() if "rejected" in m]
-        out.append("")
-    return "\n".join(out)
-
-
-def render_chart(scenario: dict[str, Any], path: Path) -> bool:
-    """Client-seen latency over time (each request, and 1 s rolling p50/p99) per variant, the slow phase shaded,
-    and the share served by A."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series, params = scenario["series"], scenario["params"]
-    if not series:
-        return False
-    t_slow, t_fast = params["warm_s"], params["warm_s"] + params["slow_s"]
-    end = t_fast + params["recover_s"]
-    titles = {"without": "strategy: weighted", "with": "strategy: adaptive"}
-    fig, axes = plt.subplots(len(series) + 1, 1, figsize=(12, 3.2 * (len(series) + 1)), sharex=True)
-    steps = [i * 0.25 for i in range(4, int(end / 0.25) + 1)]
-    for ax, (name, points) in zip(axes, series.items(), strict=False):
-        for provider, color in (("A", "tab:blue"), ("B", "tab:orange")):
-            mine = [(t, lat * 1000) for t, lat, p in points if p == provider]
-            ax.scatter([t for t, _ in mine], [lat for _, lat in mine], s=5, alpha=0.4, color=color, zorder=3,
-                       label=f"served by {provider}")
-        for q, style in ((0.5, "-"), (0.99, "--")):
-            rolling = [percentile([lat for t0, lat, _ in points if t - 1 < t0 <= t], q) for t in steps]
-            ax.plot(steps, [None if v is None else v * 1000 for v in rolling], style, color="black", linewidth=1,
-                    alpha=0.8, label=f"p{round(q * 100)} (1 s rolling)")
-        ax.set_yscale("log")
-        ax.set_ylabel("latency (ms)")
-        ax.set_title(titles.get(name, name))
-    share_ax = axes[-1]
-    for name, points in series.items():
-        windows = [[p for t0, _, p in points if t - 1 < t0 <= t] for t in steps]
-        share_ax.plot(steps, [100 * w.count("A") / len(w) if w else None for w in windows],
-                      label=titles.get(name, name))
-    share_ax.set_ylabel("served by A (%, 1 s)")
-    share_ax.set_xlabel("seconds since start")
-    share_ax.set_ylim(0, 105)
-    for ax in axes:
-        ax.axvspan(t_slow, t_fast, color="red", alpha=0.08, label="A answers in 1 s")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    fig.suptitle("A 50 ms, B 500 ms in one tier; A slows to 1 s, then recovers")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
 # -- main ------------------------------------------------------------------------------------------------------
 async def run_all(names: Sequence[str], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     results = {}
@@ -477,6 +355,9 @@ def main() -> int:
     names = list(dict.fromkeys(args.scenario or SCENARIOS))
     try:
         results = asyncio.run(run_all(names, args))
+    except KeyboardInterrupt:
+        print("interrupted: nothing written", file=sys.stderr)
+        return 130
     finally:
         stop_all()
     out = Path(args.out)

@@ -46,9 +46,10 @@ class ProviderLimits:
 class BreakerPolicy:
     consecutive_failures: int = 5
     base_ejection_s: float = 5.0
-    # The longest ejection, so also the longest a recovered provider waits to be tried again: 10 s
-    # keeps "back within 10 s of recovering" true after an outage of any length.
-    max_ejection_s: float = 10.0
+    # The longest ejection, so also the longest a recovered provider waits to be tried again: 8 s
+    # keeps "back within 10 s of recovering" true after an outage of any length, with 2 s for the
+    # next request to arrive and be answered.
+    max_ejection_s: float = 8.0
 
 
 @dataclass(frozen=True, slots=True)
