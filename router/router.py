@@ -62,6 +62,7 @@ class Router:
         self._own_probe = health_check is None
         self._health_check: Check = health_check or ProbeSender()
         self._prober: asyncio.Task[None] | None = None
+        self._observer.watch_target_latencies(lambda: self._snapshot.ledger.latency_estimates())
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> Router:

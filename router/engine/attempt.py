@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, NoReturn
 from router.engine.backoff import full_jitter
 from router.engine.call import Call
 from router.engine.classify import SUCCESS, Action, Reason, Verdict, classify_exception
-from router.engine.limit_headers import read_limits, throttle_for
+from router.engine.limit_headers import LimitHint, read_limits, throttle_for
 from router.engine.outcome import CANCELLED, INTERNAL_ERROR, usage_counts
 from router.engine.planner import Go
 from router.health.breaker import Permit
@@ -237,21 +237,18 @@ class Attempt:
         now = engine.clock.monotonic()
         breaker = ledger.breaker(target)
         provider = target.provider
-        stats = ledger.stats(target)
-        stream, half_life = call.request.stream, call.route.adaptive.half_life_s
         if verdict.ok:
             if breaker.on_success(permit):
-                stats.forget()  # back from an ejection: a fair trial, not its outage's figures
+                ledger.stats(target).forget()  # back from an ejection: a fair trial, not its outage's figures
                 engine.observer.breaker_changed(provider, target.key, "closed")
-            if not late:
-                elapsed = now - self.started  # a stream's commit: its time to first event
-                stats.succeeded(stream=stream, latency=elapsed, first_byte=elapsed if stream else self.ttfb,
-                                now=now, half_life_s=half_life)
-                engine.observer.target_latency(provider, target.key, stream, stats.latency(stream=stream) or 0.0)
+            if not late and call.route.learns:
+                elapsed, stream = now - self.started, call.request.stream  # a stream's: its time to first event
+                ledger.stats(target).succeeded(stream, elapsed, elapsed if stream else self.ttfb, now,
+                                               call.route.adaptive.half_life_s)
         elif verdict.long_ejection or verdict.breaker_failure:
             # After the commit the elapsed time is the stream's length, not a latency: count the failure only.
-            stats.failed(stream=stream, elapsed=0.0 if late else now - self.started, now=now,
-                         half_life_s=half_life)
+            ledger.stats(target).failed(stream=call.request.stream, elapsed=0.0 if late else now - self.started,
+                                        now=now, half_life_s=call.route.adaptive.half_life_s)
             if verdict.long_ejection:
                 breaker.eject_for_max(now)
                 opened = True
@@ -272,7 +269,9 @@ class Attempt:
         progress.last_verdict = verdict
         reply = self._reply
         if reply is not None and not late:
-            self._read_limits(reply, now)
+            hint = read_limits(reply.headers)
+            if hint is not None:
+                self._limits_said(hint, now)
         if verdict.throttle:
             retry = call.route.retry
             delay = verdict.retry_after
@@ -294,11 +293,8 @@ class Attempt:
                 quota.adjust_tokens(-call.request.token_estimate)
         return now
 
-    def _read_limits(self, reply: Reply, now: float) -> None:
+    def _limits_said(self, hint: LimitHint, now: float) -> None:
         """A provider that says it has nothing left is throttled until its reset, before any 429."""
-        hint = read_limits(reply.headers)
-        if hint is None:
-            return
         call, provider = self.call, self.target.provider
         ledger = call.snapshot.ledger
         # This attempt is still counted in flight; the others will each take one of what is left.

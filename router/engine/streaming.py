@@ -164,24 +164,30 @@ class ChatStream:
     async def _open_stream(self) -> _Open:
         """Attempts until one produces its first event; raises the final error otherwise."""
         engine, call = self._engine, self._require_call()
-        request, prefill = call.request, self._prefill
+        if call.route.hedge is not None:
+            return await run_attempts(engine, call, self._open_one, answered=_committed, discard=_discard)
+        async for attempt in engine.attempts(call):  # the plain loop: see completion.complete
+            with attempt:
+                opened = await self._open_one(attempt)
+            if attempt.committed:
+                return opened
+        raise AssertionError("the attempts end with a committed stream or the final error")
 
-        async def open_one(attempt: Attempt) -> _Open:
-            model = attempt.upstream_model
-            body = request.body_for(model) if prefill is None else request.continuation_body(model, prefill)
-            reply = await attempt.send(body, stream=True)
-            if not 200 <= reply.status < 300:
-                error_body = await reply.read()
-                attempt.fail(classify_status(reply.status, reply.headers, error_body,
-                                             now_wall=engine.clock.wall(), continuation=prefill is not None),
-                             error_body)
-            batches = reply.batches()
-            first, payload = await self._first_event(batches, attempt)
-            attempt.commit()
-            return _Open(attempt=attempt, batches=batches, first=first, first_payload=payload,
-                         first_at=engine.clock.monotonic())
-
-        return await run_attempts(engine, call, open_one, answered=_committed, discard=_discard)
+    async def _open_one(self, attempt: Attempt) -> _Open:
+        """One attempt of a stream, up to its first event (the commit point)."""
+        engine, prefill = self._engine, self._prefill
+        request, model = attempt.call.request, attempt.upstream_model
+        body = request.body_for(model) if prefill is None else request.continuation_body(model, prefill)
+        reply = await attempt.send(body, stream=True)
+        if not 200 <= reply.status < 300:
+            error_body = await reply.read()
+            attempt.fail(classify_status(reply.status, reply.headers, error_body, now_wall=engine.clock.wall(),
+                                         continuation=prefill is not None), error_body)
+        batches = reply.batches()
+        first, payload = await self._first_event(batches, attempt)
+        attempt.commit()
+        return _Open(attempt=attempt, batches=batches, first=first, first_payload=payload,
+                     first_at=engine.clock.monotonic())
 
     async def _first_event(self, batches: AsyncIterator[list[SseEvent]],
                            attempt: Attempt) -> tuple[list[SseEvent], dict]:

@@ -140,6 +140,17 @@ class Ledger:
     def stats(self, target: Target) -> TargetStats:
         return self._stats[target.key]
 
+    def latency_estimates(self) -> list[tuple[str, str, str, float]]:
+        """(provider, target, "stream" | "json", seconds) of every target with an estimate (for metrics)."""
+        rows = []
+        for key, stats in list(self._stats.items()):
+            provider = self._target_provider.get(key)
+            for kind, stream in (("stream", True), ("json", False)):
+                latency = stats.latency(stream=stream)
+                if provider is not None and latency is not None:
+                    rows.append((provider, key, kind, latency))
+        return rows
+
     def hedge_budget(self, route: str) -> RetryBudgetTracker:
         return self._hedge_budgets[route]
 

@@ -37,12 +37,28 @@ class TargetStats:
         self.samples = 0
 
     # -- recording ---------------------------------------------------------------------------------
-    def succeeded(self, *, stream: bool, latency: float, first_byte: float | None, now: float,
+    def succeeded(self, stream: bool, latency: float, first_byte: float | None, now: float,
                   half_life_s: float) -> None:
-        kind = _STREAM if stream else _JSON
-        self._observe(kind, latency, now, half_life_s)
+        """One success. Runs on every request: written out flat, without calls."""
+        kind = 0 if stream else 1
+        estimates = self._latency
+        current = estimates[kind]
+        if current is None or latency >= current:
+            estimates[kind] = latency
+        else:
+            elapsed = now - self._updated[kind]
+            keep = 0.5 ** (elapsed / half_life_s) if elapsed > 0.0 else 1.0
+            estimates[kind] = current * keep + latency * (1.0 - keep)
+        self._updated[kind] = now
         if first_byte is not None:
-            self._first_byte(kind, first_byte)
+            ring = self._first_bytes[kind]
+            if len(ring) < _RING:
+                ring.append(first_byte)
+            else:
+                position = self._next[kind]
+                ring[position] = first_byte
+                self._next[kind] = position + 1 if position + 1 < _RING else 0
+            self._sorted[kind] = None
         self.samples += 1
 
     def failed(self, *, stream: bool, elapsed: float, now: float, half_life_s: float) -> None:
@@ -91,11 +107,3 @@ class TargetStats:
             self._latency[kind] = current * keep + sample * (1.0 - keep)
         self._updated[kind] = now
 
-    def _first_byte(self, kind: int, seconds: float) -> None:
-        ring = self._first_bytes[kind]
-        if len(ring) < _RING:
-            ring.append(seconds)
-        else:
-            ring[self._next[kind]] = seconds
-            self._next[kind] = (self._next[kind] + 1) % _RING
-        self._sorted[kind] = None

@@ -16,6 +16,7 @@ finishes as `cancelled`); every upstream attempt that was sent reports one
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 # The route label of requests that never resolved to a policy route.
@@ -41,7 +42,8 @@ class Observer(Protocol):
     def state_backend_error(self, backend: str, operation: str) -> None: ...
     # Learning about providers: limit headers, moving-average latency, out-of-band probes, hedges.
     def limit_header_throttled(self, provider: str) -> None: ...
-    def target_latency(self, provider: str, target: str, stream: bool, seconds: float) -> None: ...
+    # Read at scrape time, not reported per request: (provider, target, "stream" | "json", seconds).
+    def watch_target_latencies(self, source: Callable[[], Iterable[tuple[str, str, str, float]]]) -> None: ...
     def health_probed(self, provider: str, ok: bool) -> None: ...
     def hedged(self, route: str, outcome: str) -> None: ...  # won | lost | suppressed
 
@@ -79,7 +81,7 @@ class NullObserver:
     def limit_header_throttled(self, provider: str) -> None:
         pass
 
-    def target_latency(self, provider: str, target: str, stream: bool, seconds: float) -> None:
+    def watch_target_latencies(self, source: Callable[[], Iterable[tuple[str, str, str, float]]]) -> None:
         pass
 
     def health_probed(self, provider: str, ok: bool) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
@@ -95,6 +95,22 @@ class _Family:
         return out
 
 
+class _LiveFamily(_Family):
+    """A gauge whose children are read from `source` when scraped (state the engine keeps anyway)."""
+
+    __slots__ = ("source",)
+
+    def __init__(self, name: str, documentation: str, label_names: Sequence[str]) -> None:
+        super().__init__("gauge", name, documentation, label_names)
+        self.source: Callable[[], Iterable[tuple[str, ...]]] | None = None
+
+    def family(self, with_samples: bool = True) -> Metric:
+        source = self.source
+        if with_samples and source is not None:
+            self.children = {tuple(row[:-1]): [float(row[-1])] for row in source()}  # type: ignore[misc]
+        return super().family(with_samples)
+
+
 class _Collector:
     def __init__(self, families: Sequence[_Family]) -> None:
         self.families = families
@@ -157,7 +173,7 @@ class PrometheusObserver:
         self._limit_throttled = _Family(counter, "llm_router_limit_header_throttles_total",
                                         "Times a provider's rate-limit headers said it had nothing left, pausing "
                                         "it until their reset before any 429.", ["provider"])
-        self._target_latency = _Family(gauge, "llm_router_target_latency_seconds",
+        self._target_latency = _LiveFamily("llm_router_target_latency_seconds",
                                        "Moving-average latency of a target (strategy: adaptive's estimate): time to "
                                        "first event for streams, whole answer for JSON.",
                                        ["provider", "target", "kind"])
@@ -188,7 +204,6 @@ class PrometheusObserver:
             self._client_limited, self._provider_throttled, self._breaker_state, self._ejections, self._malformed,
             self._resends, self._tokens, self._backend_errors, self._reloads, self._limit_throttled,
             self._target_latency, self._probes, self._hedges, build_info]))
-        self._latency_children: dict[tuple[str, bool], list[float]] = {}
         # Hot hooks: the children they update, under the hook's own arguments (no tuple for one label).
         self._in_flight_by_route: dict[str, list[float]] = {}
         self._request_children: dict[tuple[str, str, str], tuple[list[float], list[float], list[float]]] = {}
@@ -273,12 +288,8 @@ class PrometheusObserver:
     def limit_header_throttled(self, provider: str) -> None:
         self._limit_throttled.child((provider,))[0] += 1
 
-    def target_latency(self, provider: str, target: str, stream: bool, seconds: float) -> None:
-        gauge = self._latency_children.get((target, stream))
-        if gauge is None:
-            gauge = self._latency_children[(target, stream)] = self._target_latency.child(
-                (provider, target, "stream" if stream else "json"))
-        gauge[0] = seconds
+    def watch_target_latencies(self, source: Callable[[], Iterable[tuple[str, str, str, float]]]) -> None:
+        self._target_latency.source = source  # type: ignore[assignment]
 
     def health_probed(self, provider: str, ok: bool) -> None:
         self._probes.child((provider, "ok" if ok else "failed"))[0] += 1

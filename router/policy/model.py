@@ -201,9 +201,14 @@ class Route:
     adaptive: AdaptivePolicy = field(default_factory=AdaptivePolicy)
     hedge: HedgePolicy | None = None
     is_pattern: bool = field(init=False, repr=False, compare=False, default=False)  # a glob route
+    # Whether its successes feed the targets' latency estimates (adaptive choice, a quantile hedge):
+    # other routes skip that work on every request.
+    learns: bool = field(init=False, repr=False, compare=False, default=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "is_pattern", any(ch in self.name for ch in "*?["))
+        object.__setattr__(self, "learns", self.strategy == "adaptive"
+                           or (self.hedge is not None and self.hedge.after_quantile is not None))
 
 
 @dataclass(frozen=True, slots=True)

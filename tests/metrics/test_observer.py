@@ -21,6 +21,7 @@ from router import InvalidRequest, RateLimited, Router, UnknownRoute, UpstreamEr
 from router._version import __version__
 from router.observe.observer import UNKNOWN_ROUTE
 from router.observe.prometheus import DURATION_BUCKETS, FINE_BUCKETS, PrometheusObserver, start_exporter
+from router.policy.loader import parse_policy
 from tests.metrics.helpers import CountingObserver, Scrape, error, policy, route
 from tests.support.memory import HangingTransport, MemoryTransport, sse_body, stream_reply
 
@@ -397,3 +398,43 @@ async def test_a_started_stream_dropped_without_closing_still_finishes_cancelled
     observer.assert_paired()
     assert observer.finished == [("chat", "-", "cancelled")]
     assert observer.attempts == [("chat", "a", "cancelled")]
+
+
+def test_learning_hooks_and_the_latency_estimates_read_at_scrape_time() -> None:
+    observer = PrometheusObserver()
+    observer.limit_header_throttled("aimo")
+    observer.health_probed("aimo", False)
+    observer.health_probed("aimo", True)
+    observer.hedged("chat", "won")
+    observer.hedged("chat", "suppressed")
+    estimates = [("aimo", "aimo/m", "stream", 0.25)]
+    observer.watch_target_latencies(lambda: list(estimates))
+    scrape = Scrape.of(observer.registry)
+    assert scrape.get("llm_router_limit_header_throttles_total", provider="aimo") == 1
+    assert scrape.get("llm_router_health_probes_total", provider="aimo", outcome="failed") == 1
+    assert scrape.get("llm_router_health_probes_total", provider="aimo", outcome="ok") == 1
+    assert scrape.series("llm_router_hedges_total") == {
+        (("outcome", "suppressed"), ("route", "chat")): 1.0, (("outcome", "won"), ("route", "chat")): 1.0}
+    assert scrape.get("llm_router_target_latency_seconds", provider="aimo", target="aimo/m", kind="stream") == 0.25
+    estimates[0] = ("aimo", "aimo/m", "stream", 0.5)  # the router's current state, not a copy taken per request
+    assert Scrape.of(observer.registry).get("llm_router_target_latency_seconds", target="aimo/m") == 0.5
+
+
+async def test_a_router_exports_its_adaptive_targets_latency_estimates() -> None:
+    observer = PrometheusObserver()
+    policy = parse_policy("""
+providers:
+  a: {base_url: "http://127.0.0.1:9/v1"}
+  b: {base_url: "http://127.0.0.1:9/v1"}
+routes:
+  chat:
+    strategy: adaptive
+    targets: [{provider: a, model: m}, {provider: b, model: m}]
+""")
+    async with Router(policy, observer=observer, transport=MemoryTransport()) as router:
+        for _ in range(20):
+            await router.chat(CHAT)
+    series = Scrape.of(observer.registry).series("llm_router_target_latency_seconds")
+    assert {dict(labels)["target"] for labels in series} == {"a/m", "b/m"}
+    assert {dict(labels)["kind"] for labels in series} == {"json"}
+    assert all(value >= 0 for value in series.values())
