@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from router.errors import PolicyError
 from router.policy import load_policy
 from router.policy.model import Policy, Route
+from router.status import DEFAULT_URL as DEFAULT_ADMIN_URL
 
 DEFAULT_POLICY = "policies/default.yaml"
 
@@ -71,7 +72,20 @@ def _parser() -> argparse.ArgumentParser:
     mock.add_argument("--content", default=None, help="answer text")
     mock.add_argument("--seed", type=int, default=None)
     mock.set_defaults(run=_mock)
+
+    status = sub.add_parser("status", help="the live state of a daemon's providers (its admin API) as a table")
+    status.add_argument("--url", default=DEFAULT_ADMIN_URL, help=f"the admin listener (default {DEFAULT_ADMIN_URL})")
+    status.add_argument("--key-env", default=None, metavar="NAME",
+                        help="environment variable holding the admin key (server.admin.key_env)")
+    status.add_argument("--watch", action="store_true", help="refresh every 2 s until Ctrl-C")
+    status.set_defaults(run=_status)
     return parser
+
+
+def _status(args: argparse.Namespace) -> int:
+    from router.status import run
+
+    return run(args.url, args.key_env, watch=args.watch)
 
 
 # Not secrets: `check --skip-env` reads them from the environment as the daemon would.

@@ -28,6 +28,7 @@ from router.engine.outcome import SUCCESS, RequestRecord
 from router.engine.streaming import ChatStream
 from router.errors import InvalidRequest, PolicyError, RateLimited, RouteNotAllowed, RouterError, UnknownRoute
 from router.health.backends import HealthReport, MemoryBackend, StateBackend
+from router.health.ledger import Ledger
 from router.health.prober import Check, HealthProber
 from router.health.quota import REQUESTS, TOKENS, UNAVAILABLE
 from router.observe.observer import UNKNOWN_ROUTE, NullObserver, Observer
@@ -72,6 +73,15 @@ class Router:
     @property
     def policy(self) -> Policy:
         return self._snapshot.policy
+
+    @property
+    def ledger(self) -> Ledger:
+        """The live health and limit state (read by the admin listener; drains go through it)."""
+        return self._snapshot.ledger
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     @property
     def observer(self) -> Observer:

@@ -99,6 +99,8 @@ def plan(tiers: Sequence[Sequence[Target]], progress: Progress, *, requested_mod
             avail = view.availability(target, now, tokens)
             if avail.status is Status.READY:
                 ready.append(target)
+            elif avail.status is Status.DRAINED:
+                continue  # an operator took it out: never tried, never waited for
             elif avail.status is Status.OPEN:
                 if not avail.probed:  # a probed provider comes back through its prober, never forced
                     open_candidates.append((target, avail))

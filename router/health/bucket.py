@@ -60,6 +60,11 @@ class Bucket:
             return self.wait_time(amount)
         return 0.0
 
+    def available(self) -> float:
+        """What could be taken now (the admin state shows it; a debt shows as 0)."""
+        self._limiter.has_capacity(0)  # leak to now
+        return max(0.0, self.capacity - self._limiter._level)
+
     def give_back(self, amount: float) -> None:
         """Return unused reservation (the real usage was smaller, or the request never ran)."""
         if amount > 0:

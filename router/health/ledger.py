@@ -29,7 +29,7 @@ from router.health.breaker import Breaker
 from router.health.quota import Quota, QuotaSpec, Rate
 from router.health.retry_budget import RetryBudgetTracker
 from router.health.target_stats import TargetStats
-from router.health.view import READY, Availability, Status
+from router.health.view import DRAINED, READY, Availability, Status
 from router.policy.model import Client, ClientLimits, HedgePolicy, Policy, Provider, ProviderLimits, RetryBudget, Target
 
 # How far apart "ejected" and "found back" must be to tell their order across replicas.
@@ -82,7 +82,7 @@ class ClientState:
 
 class Ledger:
     __slots__ = ("_breakers", "_clients", "_hedge_budgets", "_inflight", "_providers", "_stats", "_target_provider",
-                 "backend", "budget")
+                 "backend", "budget", "drained")
 
     def __init__(self, policy: Policy, previous: Ledger | None = None,
                  backend: StateBackend | None = None) -> None:
@@ -95,6 +95,9 @@ class Ledger:
         self._inflight: dict[str, int] = {}
         self._stats: dict[str, TargetStats] = {}
         self._hedge_budgets: dict[str, RetryBudgetTracker] = {}
+        # Providers an operator drained (admin API): a reload keeps them drained.
+        self.drained: set[str] = {name for name in previous.drained if name in policy.providers} \
+            if previous is not None else set()
         old = previous
         for name, provider in policy.providers.items():
             kept = old._providers.get(name) if old else None
@@ -243,6 +246,8 @@ class Ledger:
         return self._stats[target.key].recent_failures(now, half_life_s)
 
     def availability(self, target: Target, now: float, tokens: int) -> Availability:
+        if self.drained and target.provider in self.drained:
+            return DRAINED
         provider = self._providers[target.provider]
         breaker = self._breakers[target.key]
         if provider.throttled_until > now:

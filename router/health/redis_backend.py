@@ -73,6 +73,7 @@ class RedisBackend:
         self._queue: list[_Queued] = []
         self._sync_task: asyncio.Task[None] | None = None
         self._apply: ApplyHealth | None = None
+        self.last_report: list[tuple[str, float]] = []  # the fleet's health as of the last sync (admin state)
         self._closing = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -250,6 +251,7 @@ class RedisBackend:
         for i in range(0, len(result) - 1, 2):
             field = result[i].decode() if isinstance(result[i], bytes) else str(result[i])
             report.append((field, float(result[i + 1]) / 1000.0))
+        self.last_report = report
         if self._apply is not None and report:
             self._apply(report)
         return True

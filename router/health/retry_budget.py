@@ -31,7 +31,8 @@ class RetryBudgetTracker:
             self._retries[index] = 0
         return index
 
-    def _totals(self, now: float) -> tuple[int, int]:
+    def totals(self, now: float) -> tuple[int, int]:
+        """(requests, retries spent) over the window."""
         oldest = int(now) - self._slots + 1
         requests = retries = 0
         for i in range(self._slots):
@@ -45,7 +46,7 @@ class RetryBudgetTracker:
 
     def try_spend(self, now: float) -> bool:
         """Take one retry from the budget; False means the budget is exhausted."""
-        requests, retries = self._totals(now)
+        requests, retries = self.totals(now)
         allowance = requests * self.policy.percent / 100.0 + self.policy.min_per_second * self.policy.window_s
         if retries + 1 > allowance:
             return False

@@ -18,6 +18,7 @@ class Status(enum.Enum):
     OPEN = "open"  # breaker open (or its probe is out)
     THROTTLED = "throttled"  # provider said 429 / Retry-After
     QUOTA = "quota"  # our quota bucket at the provider is empty
+    DRAINED = "drained"  # an operator drained the provider (admin API): no new requests until restored
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,7 @@ class Availability:
 
 
 READY = Availability(Status.READY)
+DRAINED = Availability(Status.DRAINED)
 
 
 class TargetView(Protocol):

@@ -357,7 +357,11 @@ def key_sha256(value: object, path: str) -> str:
 
 
 def is_loopback_url(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
+    return is_loopback_host(urlsplit(url).hostname or "")
+
+
+def is_loopback_host(host: str) -> bool:
+    host = host.strip("[]")
     if host == "localhost":
         return True
     try:

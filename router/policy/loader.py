@@ -30,6 +30,7 @@ from router.policy._fields import Invalid
 from router.policy._yaml import EMPTY, read_yaml
 from router.policy.model import (
     AdaptivePolicy,
+    AdminPolicy,
     Client,
     ClientLimits,
     HedgePolicy,
@@ -107,7 +108,7 @@ _retry_budget = f.block(RetryBudget, {
     "min_per_second": f.non_negative,
     "window_s": f.positive,
 })
-_server = f.block(ServerPolicy, {
+_SERVER_FIELDS: dict[str, f.Parser] = {
     "host": f.string,
     "port": lambda value, path: f.integer(value, path, ge=0, le=65535),
     "max_body_bytes": lambda value, path: f.integer(value, path, ge=1024),
@@ -116,7 +117,7 @@ _server = f.block(ServerPolicy, {
     "keepalive_s": f.positive,
     "max_connections": f.at_least_one,
     "event_loop": lambda raw, p: f.choice(raw, p, ("auto", "uvloop", "asyncio")),
-})
+}
 
 
 def _check_state(state: StatePolicy, given: Mapping[str, Any], path: str) -> None:
@@ -240,12 +241,29 @@ class _Builder:
             "clients": self._clients,
             "retry_budget": _retry_budget,
             "state": _state,
-            "server": _server,
+            "server": self._server,
         }
         values = f.fields(data, "", parsers, required=("providers", "routes"))
         policy = Policy(**values, source=source)
         _check_references(policy)
         return policy
+
+    def _server(self, value: object, path: str) -> ServerPolicy:
+        given = f.fields(f.section(value, path), path, {**_SERVER_FIELDS, "admin": f.optional(self._admin)})
+        return ServerPolicy(**given)
+
+    def _admin(self, value: object, path: str) -> AdminPolicy:
+        parsers = {
+            "host": f.string,
+            "port": lambda raw, p: f.integer(raw, p, ge=0, le=65535),
+            "key_env": f.optional(lambda raw, p: f.secret_env(self._env, raw, p)),
+        }
+        given = f.fields(f.section(value, path), path, parsers)
+        admin = AdminPolicy(**given)
+        if admin.key_env is None and not f.is_loopback_host(admin.host):
+            raise Invalid(f"is required when the admin listener's host ({admin.host}) is not loopback: the admin "
+                          "API shows live state and can drain providers", f.join(path, "key_env"))
+        return AdminPolicy(key=None if admin.key_env is None else self._env[admin.key_env], **given)
 
     def _providers(self, value: object, path: str) -> Mapping[str, Provider]:
         return providers(value, path, self._env)

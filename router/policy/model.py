@@ -252,6 +252,17 @@ class StatePolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminPolicy:
+    """The admin listener (live state, status page, drain/restore/reload): off unless `server.admin` is set."""
+
+    host: str = "127.0.0.1"
+    port: int = 9091
+    key_env: str | None = None  # required unless host is loopback
+    # Resolved from key_env when the policy is loaded; never printed.
+    key: str | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
 class ServerPolicy:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -261,6 +272,7 @@ class ServerPolicy:
     keepalive_s: float = 75.0  # a keep-alive connection with no request for this long is closed
     max_connections: int = 10_000  # open client connections; one more is refused with a 503
     event_loop: str = "auto"  # auto (uvloop where installed) | uvloop | asyncio
+    admin: AdminPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from router.observe.prometheus import PrometheusObserver
+from router.observe.recent import RecentActivity
 from router.router import Router
 from router.server.auth import ClientKeys
 from router.server.workers import WorkerInfo
@@ -27,6 +31,12 @@ class ServerContext:
     in_flight: set[asyncio.Task[Any]] = field(default_factory=set)
     reloads: dict[str, int] = field(default_factory=lambda: {"success": 0, "failure": 0})
     worker: WorkerInfo | None = None  # set when this process is one of `serve --workers N`
+    # The policy file as last loaded (the admin state shows it): its sha256, when (wall clock), and why the
+    # last reload was refused, if it was.
+    policy_sha256: str = ""
+    policy_loaded_at: float = 0.0
+    last_reload_error: str | None = None
+    recent: RecentActivity | None = None  # the last minute per provider, when the admin listener is on
 
     @property
     def registry(self) -> CollectorRegistry:
@@ -42,6 +52,16 @@ class ServerContext:
     def adopt(self) -> None:
         """Refresh what derives from the policy (client keys) after a reload."""
         self.keys = ClientKeys(self.router.policy)
+
+    def loaded(self, path: str, error: str | None = None) -> None:
+        """Record a load of the policy file at `path` (or why a reload was refused)."""
+        self.last_reload_error = error
+        if error is None:
+            try:
+                self.policy_sha256 = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            except OSError:
+                self.policy_sha256 = ""
+            self.policy_loaded_at = time.time()
 
 
 CONTEXT = web.AppKey("router_context", ServerContext)

@@ -16,12 +16,15 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from router.clock import SystemClock
 from router.errors import PolicyError
 from router.observe.prometheus import PrometheusObserver
+from router.observe.recent import RecentActivity, Tee
 from router.policy import load_policy
 from router.policy.model import Policy
 from router.router import Router
 from router.server.access_log import LineSink, use_sink
+from router.server.admin import create_admin_app
 from router.server.aiohttp_internals import close_idle_connections
 from router.server.app import create_app
 from router.server.context import CONTEXT, ServerContext
@@ -60,6 +63,10 @@ def serve(*, config: str, host: str | None = None, port: int | None = None, watc
         return 2
     host = host or policy.server.host
     port = policy.server.port if port is None else port
+    if workers > 1 and policy.server.admin is not None:
+        log.error("cannot start: server.admin needs one process (each worker keeps its own state); run "
+                  "without --workers, or one replica per port with Redis for shared limits")
+        return 2
     if workers > 1:
         from router.server.supervisor import supervise
 
@@ -101,9 +108,11 @@ def reload_policy(context: ServerContext, path: str) -> bool:
     except PolicyError as exc:
         log.error("policy reload rejected, the previous policy keeps serving: %s", exc)
         context.count_reload(False)
+        context.loaded(path, str(exc))
         return False
     context.adopt()
     context.count_reload(True)
+    context.loaded(path)
     log.info("policy reloaded from %s", path)
     log_egress(policy)
     return True
@@ -153,6 +162,25 @@ async def _drain(runner: web.AppRunner, context: ServerContext, timeout_s: float
         await asyncio.wait(pending, timeout=timeout_s)
 
 
+async def _start_admin(context: ServerContext, path: str, policy: Policy) -> web.AppRunner | bool | None:
+    """The admin listener, if `server.admin` is set: its runner, None when off, False when it cannot listen."""
+    admin = policy.server.admin
+    if admin is None:
+        return None
+    runner = web.AppRunner(create_admin_app(context, lambda: reload_policy(context, path)), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, admin.host, admin.port).start()
+    except OSError as exc:
+        log.error("cannot listen for the admin API on %s:%d: %s", admin.host, admin.port, exc.strerror or exc)
+        await runner.cleanup()
+        return False
+    bound = runner.addresses[0]
+    log.info("admin API on http://%s:%d/admin/ (%s)", bound[0], bound[1],
+             "key required" if admin.key is not None else "loopback, no key")
+    return runner
+
+
 def _ignore_during_drain(sig: signal.Signals) -> None:
     log.info("draining already: %s ignored", sig.name)
 
@@ -164,11 +192,16 @@ async def run_daemon(policy: Policy, path: str, host: str, port: int, *, watch: 
     demo = await start_demo_providers(policy) if worker is None else []
     observer = PrometheusObserver()
     share = 1.0 / worker.count if worker is not None and policy.state.backend == "memory" else 1.0
-    router = Router(policy, observer=observer, limit_share=share)
+    clock = SystemClock()
+    recent = RecentActivity(clock) if policy.server.admin is not None else None
+    router = Router(policy, observer=observer if recent is None else Tee(observer, recent), limit_share=share,
+                    clock=clock)
     await router.start()
     app = create_app(router, observer=observer)
     context = app[CONTEXT]
     context.worker = worker
+    context.recent = recent
+    context.loaded(path)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=CANCEL_GRACE_S,
                            keepalive_timeout=policy.server.keepalive_s)
     await runner.setup()
@@ -179,6 +212,11 @@ async def run_daemon(policy: Policy, path: str, host: str, port: int, *, watch: 
             await web.UnixSite(runner, worker.socket_path()).start()
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", host, port, exc.strerror or exc)
+        await runner.cleanup()
+        await stop_demo_providers(demo)
+        return 1
+    admin = await _start_admin(context, path, policy)
+    if admin is False:
         await runner.cleanup()
         await stop_demo_providers(demo)
         return 1
@@ -210,6 +248,8 @@ async def run_daemon(policy: Policy, path: str, host: str, port: int, *, watch: 
         await _drain(runner, context, router.policy.server.drain_timeout_s)
         await site.shutdown(CANCEL_GRACE_S)  # the fast front's leftovers, as runner.cleanup does aiohttp's
         await runner.cleanup()  # cancels whatever outlived the drain (and its upstream request)
+        if admin is not None:
+            await admin.cleanup()
         await stop_demo_providers(demo)
         use_sink(None)  # flushes the last access lines
         log.info("stopped")

@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 # Client.name is a real key (`clients[].name`), unlike the names of providers and routes.
 COMPUTED_FIELDS = {
     "Provider": {"name", "api_key", "proxy"}, "Route": {"name"}, "Client": {"key"}, "Policy": {"source"},
+    "AdminPolicy": {"key"},
 }
 
 
@@ -316,7 +317,7 @@ def test_unknown_client_key_is_rejected_with_suggestion() -> None:
 
 def test_unknown_key_without_close_match_lists_expected_keys() -> None:
     error = problem(variant(("server.zzz", 1)))
-    assert ("expected one of `drain_timeout_s`, `event_loop`, `head_timeout_s`, `host`, `keepalive_s`, "
+    assert ("expected one of `admin`, `drain_timeout_s`, `event_loop`, `head_timeout_s`, `host`, `keepalive_s`, "
             "`max_body_bytes`, `max_connections`, `port`") in error.problem
 
 
