@@ -32,6 +32,7 @@ from router.health.ledger import Ledger
 from router.health.prober import Check, HealthProber
 from router.health.quota import REQUESTS, TOKENS, UNAVAILABLE
 from router.observe.observer import UNKNOWN_ROUTE, NullObserver, Observer
+from router.observe.tracing import Tracing
 from router.policy import load_policy
 from router.policy.model import Client, Policy
 from router.request import ChatRequest, parse_chat_request
@@ -46,10 +47,11 @@ class Router:
                  transport: Transport | None = None, clock: Clock | None = None,
                  rng: random.Random | None = None,
                  sleep: Callable[[float], Awaitable[None]] | None = None, limit_share: float = 1.0,
-                 health_check: Check | None = None) -> None:
+                 health_check: Check | None = None, tracing: Tracing | None = None) -> None:
         """`limit_share`: with the memory backend, the fraction of every limit this router enforces
         (1/N when N worker processes serve one policy without Redis). `health_check`: sends one
-        `health_probe` (default: upstream/probe.py's, over HTTP)."""
+        `health_probe` (default: upstream/probe.py's, over HTTP). `tracing`: OpenTelemetry spans
+        (observe/tracing.py, the `otel` extra); None, the default, is off and costs nothing."""
         self._clock = clock or SystemClock()
         self._observer = observer or NullObserver()
         self._backend = _backend_for(policy, self._observer, self._clock, limit_share)
@@ -63,6 +65,7 @@ class Router:
         self._own_probe = health_check is None
         self._health_check: Check = health_check or ProbeSender()
         self._prober: asyncio.Task[None] | None = None
+        self._tracing = tracing
         self._observer.watch_target_latencies(lambda: self._snapshot.ledger.latency_estimates())
 
     @classmethod
@@ -230,6 +233,9 @@ class Router:
             record.fail(exc)
             raise
         snapshot.ledger.budget.record_request(now)
+        if self._tracing is not None:
+            record.span = self._tracing.request(route=route.name, model=request.model, stream=request.stream,
+                                                request_id=request.request_id, traceparent=record.traceparent)
         return call
 
     def _finished(self, call: Call, outcome: str | BaseException) -> None:

@@ -11,6 +11,7 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)     # the Redis state backend's tests
 command -v promtool >/dev/null || missing+=(prometheus)           # deploy/: rules, scrape, dashboard queries
 command -v systemd-analyze >/dev/null || missing+=(systemd)           # deploy/: the unit file
+command -v chromium >/dev/null || missing+=(chromium)                # the status page, in a real browser
 if ((${#missing[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -47,6 +47,7 @@ from router.upstream.transport import Outgoing, Reply
 
 if TYPE_CHECKING:
     from router.engine.loop import Engine
+    from router.observe.tracing import AttemptSpan, RequestSpan
 
 # A target that became unavailable between planning and sending: not an attempt, just plan again.
 SKIPPED = Verdict(Action.RETRY, Reason.OK)
@@ -108,8 +109,8 @@ def has_quota(call: Call, go: Go) -> bool:
 class Attempt:
     """One attempt on `target` (see the module docstring)."""
 
-    __slots__ = ("_engine", "_permit", "_phase", "_reply", "_verdict", "call", "failure", "started", "target",
-                 "ttfb", "upstream_model")
+    __slots__ = ("_engine", "_permit", "_phase", "_reply", "_verdict", "call", "failure", "span", "started",
+                 "target", "ttfb", "upstream_model")
 
     def __init__(self, engine: Engine, call: Call, target: Target, permit: Permit) -> None:
         self._engine = engine
@@ -122,6 +123,8 @@ class Attempt:
         self.failure: AttemptFailed | None = None  # how it failed, for the loop's next decision
         self.upstream_model = target.upstream_model(call.request.model)
         self.ttfb: float | None = None
+        request_span = call.record.span
+        self.span = None if request_span is None else self._start_span(request_span)
         call.snapshot.ledger.begin(target)
         self.started = engine.clock.monotonic()
 
@@ -135,7 +138,8 @@ class Attempt:
         The reply belongs to the attempt, which closes it when it ends."""
         call = self.call
         outgoing = Outgoing(provider=call.snapshot.policy.providers[self.target.provider], body=body,
-                            request_id=call.request.request_id, stream=stream, deadline=call.deadline)
+                            request_id=call.request.request_id, stream=stream, deadline=call.deadline,
+                            traceparent=None if self.span is None else self.span.traceparent)
         reply = await self._engine.transport.send(outgoing)
         self._reply = reply
         self.ttfb = self._engine.clock.monotonic() - self.started
@@ -227,6 +231,9 @@ class Attempt:
             call.tokens_reserved = 0
         if measured:
             engine.observer.tokens_used(call.route.name, self.target.provider, prompt, completion or 0)
+            if self.span is not None and call.record.span is not None:
+                self.span.usage(prompt, completion, self.upstream_model)
+                call.record.span.usage(prompt, completion)
 
     # -- the one place a verdict changes health ------------------------------------------------
     def _record(self, verdict: Verdict, permit: Permit, *, late: bool = False) -> float:
@@ -304,8 +311,18 @@ class Attempt:
             ledger.throttle(provider, now + wait, now, cause="limit_header")
             self._engine.observer.limit_header_throttled(provider)
 
+    def _start_span(self, request_span: RequestSpan) -> AttemptSpan:
+        progress = self.call.progress
+        kind = "first" if progress.attempts == 0 else "retry" if progress.last == self.target else "failover"
+        previous = str(progress.last_verdict.reason) if progress.last_verdict is not None else None
+        return request_span.attempt(provider=self.target.provider, model=self.upstream_model, kind=kind,
+                                    previous=previous)
+
     def _report(self, outcome: str, now: float | None = None) -> None:
         engine = self._engine
+        if self.span is not None:
+            self.span.finish(outcome, status=self._reply.status if self._reply is not None else None,
+                             ttfb_s=self.ttfb)
         if now is None:
             now = engine.clock.monotonic()
         engine.observer.attempt_finished(self.call.route.name, self.target.provider, outcome, now - self.started,

@@ -119,9 +119,11 @@ async def _hedge_attempt(engine: Engine, call: Call, primary: Attempt) -> Attemp
     permit = acquire_permit(engine, call, decision)
     if permit is None:
         return None
-    if has_quota(call, decision):
-        return await admit(engine, call, decision, permit)
-    return Attempt(engine, call, decision.target, permit)
+    attempt = await admit(engine, call, decision, permit) if has_quota(call, decision) \
+        else Attempt(engine, call, decision.target, permit)
+    if attempt is not None and attempt.span is not None:
+        attempt.span.hedge()
+    return attempt
 
 
 async def _cancel(tasks: set[asyncio.Future[T | None]],

@@ -12,10 +12,14 @@ metrics and the log cannot disagree about a request.
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from router.clock import Clock
 from router.errors import NoTargetAvailable, RateLimited, RouterError, UpstreamError
 from router.observe.observer import UNKNOWN_ROUTE, Observer
+
+if TYPE_CHECKING:
+    from router.observe.tracing import RequestSpan
 
 SUCCESS = "success"
 CANCELLED = "cancelled"
@@ -26,7 +30,7 @@ class RequestRecord:
     """One client request from reception to its outcome (see the module docstring)."""
 
     __slots__ = ("_admitted", "_clock", "_observer", "attempts", "client", "completion_tokens", "ended", "outcome",
-                 "prompt_tokens", "provider", "route", "started")
+                 "prompt_tokens", "provider", "route", "span", "started", "traceparent")
 
     def __init__(self, observer: Observer, clock: Clock, *, client: str = "-") -> None:
         self._observer = observer
@@ -41,6 +45,8 @@ class RequestRecord:
         self.provider: str | None = None  # who answered (or, for a failure, the last provider that failed)
         self.prompt_tokens: int | None = None  # the provider's reported usage, when it reported one
         self.completion_tokens: int | None = None
+        self.span: RequestSpan | None = None  # with tracing on (observe/tracing.py)
+        self.traceparent: str | None = None  # the client's, when a server read one
 
     def admit(self, route: str, client: str) -> None:
         """The router resolved the route and the client: the request counts as in flight on them."""
@@ -59,6 +65,8 @@ class RequestRecord:
         if not self._admitted:  # refused before admission: counted under the route it resolved to, if any
             self._observer.request_started(self.route, self.client)
         self._observer.request_finished(self.route, self.client, outcome, self.ended - self.started)
+        if self.span is not None:
+            self.span.finish(outcome, provider=self.provider, attempts=self.attempts)
         return True
 
     def fail(self, exc: BaseException) -> bool:

@@ -153,6 +153,7 @@ async def _decide(context: ServerContext, exchange: Exchange, record: RequestRec
         record.finish("invalid_api_key")
         return error_answer(record, request_id, 401, "missing or invalid API key", code="invalid_api_key")
     record.client = client or "-"
+    record.traceparent = exchange.headers.get("traceparent")  # read by tracing only (observe/tracing.py)
     try:
         body = await exchange.read_body()
     except BodyRefused as exc:

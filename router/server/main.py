@@ -20,6 +20,7 @@ from router.clock import SystemClock
 from router.errors import PolicyError
 from router.observe.prometheus import PrometheusObserver
 from router.observe.recent import RecentActivity, Tee
+from router.observe.tracing import from_environment
 from router.policy import load_policy
 from router.policy.model import Policy
 from router.router import Router
@@ -194,8 +195,14 @@ async def run_daemon(policy: Policy, path: str, host: str, port: int, *, watch: 
     share = 1.0 / worker.count if worker is not None and policy.state.backend == "memory" else 1.0
     clock = SystemClock()
     recent = RecentActivity(clock) if policy.server.admin is not None else None
+    try:
+        tracing = from_environment(os.environ)
+    except (ImportError, ValueError) as exc:
+        log.error("cannot start: %s", exc)
+        await stop_demo_providers(demo)
+        return 2
     router = Router(policy, observer=observer if recent is None else Tee(observer, recent), limit_share=share,
-                    clock=clock)
+                    clock=clock, tracing=tracing)
     await router.start()
     app = create_app(router, observer=observer)
     context = app[CONTEXT]
@@ -251,6 +258,8 @@ async def run_daemon(policy: Policy, path: str, host: str, port: int, *, watch: 
         if admin is not None:
             await admin.cleanup()
         await stop_demo_providers(demo)
+        if tracing is not None:
+            tracing.shutdown()  # the spans still batched
         use_sink(None)  # flushes the last access lines
         log.info("stopped")
     return 0

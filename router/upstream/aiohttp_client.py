@@ -186,11 +186,13 @@ class AiohttpClient:
         return self._fresh
 
     async def post(self, prepared: object, body: bytes, request_id: str, stream: bool,
-                   connect_s: float) -> _AiohttpBody:
+                   connect_s: float, traceparent: str | None = None) -> _AiohttpBody:
         assert isinstance(prepared, _AiohttpTarget)
         session = self._get_session()
         headers = prepared.headers.copy()
         headers["X-Request-ID"] = request_id
+        if traceparent is not None:
+            headers["traceparent"] = traceparent
         if stream:
             headers["Accept"] = STREAM_ACCEPT
         timeout = prepared.connect_timeout

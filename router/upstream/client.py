@@ -49,7 +49,7 @@ class Client(Protocol):
         ...
 
     async def post(self, prepared: object, body: bytes, request_id: str, stream: bool,
-                   connect_s: float) -> Body:
+                   connect_s: float, traceparent: str | None = None) -> Body:
         """Send and wait for the answer's head. Raises ConnectFailed (`timed_out` for a connect
         timeout) or ConnectionLost (with `resent` set when it went out twice)."""
         ...

@@ -72,10 +72,12 @@ class FastClient:
                            provider.max_response_bytes)
 
     async def post(self, prepared: object, body: bytes, request_id: str, stream: bool,
-                   connect_s: float) -> http1.Response:
+                   connect_s: float, traceparent: str | None = None) -> http1.Response:
         assert isinstance(prepared, _FastTarget)
         head = b"%bX-Request-ID: %b\r\n%bContent-Length: %d\r\n\r\n" % (
             prepared.head, request_id.encode(), _ACCEPT_LINES[stream], len(body))
+        if traceparent is not None:  # built by OpenTelemetry's propagator from our own span: hex and dashes
+            head = head[:-2] + b"traceparent: %b\r\n\r\n" % traceparent.encode("ascii")
         loop = asyncio.get_running_loop()
         connection = await prepared.pool.acquire(connect_s)
         try:

@@ -47,6 +47,7 @@ class Outgoing:
     request_id: str
     stream: bool
     deadline: float  # monotonic
+    traceparent: str | None = None  # the attempt's span, with tracing on (W3C Trace Context; ours, never a client's)
 
 
 class Reply(Protocol):
@@ -273,7 +274,7 @@ class HttpTransport:
         try:
             async with window:
                 response = await endpoint.client.post(endpoint.prepared, outgoing.body, outgoing.request_id,
-                                                      outgoing.stream, max(connect_s, 1e-3))
+                                                      outgoing.stream, max(connect_s, 1e-3), outgoing.traceparent)
                 if not outgoing.stream:
                     # A non-streamed body is read under the same timer (one timer per attempt instead of
                     # two), moved on by `idle_s` after each piece: the longest gap, not the whole read.
