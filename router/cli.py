@@ -1,4 +1,4 @@
-"""The `router` command: serve, check, explain, mock."""
+"""The `router` command: serve, check, explain, mock, status, simulate."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from router.errors import PolicyError
 from router.policy import load_policy
 from router.policy.model import Policy, Route
+from router.sim import add_parser as add_simulate_parser
 from router.status import DEFAULT_URL as DEFAULT_ADMIN_URL
 
 DEFAULT_POLICY = "policies/default.yaml"
@@ -79,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="environment variable holding the admin key (server.admin.key_env)")
     status.add_argument("--watch", action="store_true", help="refresh every 2 s until Ctrl-C")
     status.set_defaults(run=_status)
+
+    add_simulate_parser(sub)
     return parser
 
 

@@ -13,13 +13,13 @@ apply exactly as they do over HTTP; on a `VirtualTimeLoop` they cost a timer eac
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from router.clock import Clock
 from router.policy.model import Policy, Provider
-from router.sim.loop import wake_at
+from router.sim.loop import waker
 from router.sim.provider import REFUSED, SILENT, STALL_AFTER_READS, STATUS, STREAM_GAP_S, ProviderModel
 from router.upstream.errors import ConnectFailed
 from router.upstream.transport import HttpTransport
@@ -50,28 +50,29 @@ async def _forever() -> None:
 
 class SimBody:
     """An answer whose head arrived (the transport's `Body`): `reads[i]` is due at `first_at + i * gap`;
-    a stalled one delivers `available` reads and then nothing, ever."""
+    a stalled one delivers `available` reads and then nothing, ever. `time` and `wake` are the loop's
+    clock and a `waker` of it."""
 
-    __slots__ = ("_available", "_first_at", "_gap", "_loop", "_next", "_reads", "headers", "resent", "status")
+    __slots__ = ("_available", "_first_at", "_gap", "_next", "_reads", "_time", "_wake", "headers", "resent",
+                 "status")
 
-    def __init__(self, status: int, headers: Mapping[str, str], reads: tuple[bytes, ...], *, first_at: float,
-                 gap: float = 0.0, available: int | None = None) -> None:
+    def __init__(self, time: Callable[[], float], wake: Callable[[float], asyncio.Future[None]], status: int,
+                 headers: Mapping[str, str], reads: tuple[bytes, ...], first_at: float, gap: float = 0.0,
+                 available: int | None = None) -> None:
         self.status = status
         self.headers = headers
         self.resent = False
+        self._time = time
+        self._wake = wake
         self._reads = reads
         self._first_at = first_at
         self._gap = gap
         self._available = len(reads) if available is None else available
         self._next = 0
-        self._loop = asyncio.get_running_loop()
-
-    def _due(self) -> float:
-        return self._first_at + self._next * self._gap
 
     def ready(self) -> bool:
         if self._next < self._available:
-            return self._due() <= self._loop.time()
+            return self._first_at + self._next * self._gap <= self._time()
         return self._available == len(self._reads)  # at the end: the EOF is there; a stall never is
 
     def at_eof(self) -> bool:
@@ -80,9 +81,9 @@ class SimBody:
     async def readany(self) -> bytes:
         index = self._next
         if index < self._available:
-            due = self._due()
-            if due > self._loop.time():
-                await wake_at(self._loop, due)
+            due = self._first_at + index * self._gap
+            if due > self._time():
+                await self._wake(due)
             self._next = index + 1
             return self._reads[index]
         if index >= len(self._reads):
@@ -93,18 +94,17 @@ class SimBody:
     async def readany_within(self, limit: float) -> bytes:
         """readany(), or TimeoutError when nothing arrives within `limit` (one timer a read, like the
         fast client's)."""
-        index, loop = self._next, self._loop
-        now = loop.time()
+        index, now = self._next, self._time()
         if index < self._available:
-            due = self._due()
+            due = self._first_at + index * self._gap
             if due <= now + limit:
                 if due > now:
-                    await wake_at(loop, due)
+                    await self._wake(due)
                 self._next = index + 1
                 return self._reads[index]
         elif index >= len(self._reads):
             return b""
-        await wake_at(loop, now + limit)
+        await self._wake(now + limit)
         raise TimeoutError
 
     async def read(self) -> bytes:
@@ -130,7 +130,8 @@ class SimClient:
     def __init__(self, models: Mapping[str, ProviderModel], *, origin: float = 0.0) -> None:
         self.models = models
         self.origin = origin
-        self.attempts: dict[str, int] = dict.fromkeys(models, 0)  # attempts that reached each provider
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: Callable[[float], asyncio.Future[None]] | None = None  # a waker of _loop
 
     def prepare(self, provider: Provider) -> ProviderModel:
         return self.models[provider.name]
@@ -139,41 +140,37 @@ class SimClient:
                    traceparent: str | None = None, *_more: object) -> SimBody:
         model: ProviderModel = prepared  # type: ignore[assignment]
         loop = asyncio.get_running_loop()
-        self.attempts[model.name] += 1
-        decision = model.decide(loop.time() - self.origin, stream)
+        wake = self._wake
+        if loop is not self._loop or wake is None:
+            self._loop, self._wake = loop, wake = loop, waker(loop)
+        time = loop.time
+        decision = model.decide(time() - self.origin, stream)
         kind = decision.kind
         if kind == REFUSED:
             raise ConnectFailed("connection refused (simulated outage)")
         if kind == SILENT:
             await _forever()
-        head_at = loop.time() + decision.delay_s
+        head_at = time() + decision.delay_s
         if decision.delay_s > 0:
-            await wake_at(loop, head_at)
+            await wake(head_at)
+        answers = model.answers
         if kind == STATUS:
-            return SimBody(decision.status, _error_headers(decision.retry_after),
-                           (model.answers.error(decision.status),), first_at=head_at)
+            return SimBody(time, wake, decision.status, _error_headers(decision.retry_after),
+                           (answers.error(decision.status),), head_at)
         if not stream:
-            return SimBody(200, _JSON_HEADERS, (model.answers.json,), first_at=head_at)
+            return SimBody(time, wake, 200, _JSON_HEADERS, answers.json_reads, head_at)
         if model.instant:
-            return SimBody(200, _SSE_HEADERS, (model.answers.stream_whole,), first_at=head_at)
-        return SimBody(200, _SSE_HEADERS, model.answers.stream_reads, first_at=head_at, gap=STREAM_GAP_S,
-                       available=STALL_AFTER_READS if decision.stalled else None)
+            return SimBody(time, wake, 200, _SSE_HEADERS, answers.stream_whole_reads, head_at)
+        return SimBody(time, wake, 200, _SSE_HEADERS, answers.stream_reads, head_at, STREAM_GAP_S,
+                       STALL_AFTER_READS if decision.stalled else None)
 
     async def aclose(self) -> None:
         pass
 
 
 class SimTransport(HttpTransport):
-    """The production transport with `SimClient` in place of both HTTP clients.
-
-    HttpTransport has no parameter for its clients yet, so this sets its `_clients` (its only
-    private attribute used here) and builds the endpoints again. The day it takes them as an argument
-    (see the report of the change that added router/sim/), this class goes."""
+    """The production transport with `SimClient` in place of both HTTP clients."""
 
     def __init__(self, policy: Policy, client: SimClient, *, clock: Clock) -> None:
-        super().__init__(policy.providers, clock=clock)
-        if not isinstance(getattr(self, "_clients", None), dict):
-            raise RuntimeError("HttpTransport no longer keeps its clients in `_clients`; update router/sim/client.py")
-        self._clients = {name: client for name in self._clients}
-        self.configure(policy.providers)
+        super().__init__(policy.providers, clock=clock, clients={"fast": client, "aiohttp": client})
         self.client = client

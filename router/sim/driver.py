@@ -21,9 +21,11 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from router.errors import RouterError
+from router.engine.outcome import SUCCESS
+from router.errors import NoTargetAvailable, RouterError
 from router.request import ChatRequest, parse_chat_request
 from router.router import Router
+from router.sim.loop import call_at
 
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 FAILED = -1  # `Outcomes.served` of a request that failed
@@ -33,8 +35,8 @@ FAILED = -1  # `Outcomes.served` of a request that failed
 class Schedule:
     """When each request arrives (seconds after the start) and whether it is a stream."""
 
-    arrivals: array  # 'd'
-    streams: bytearray
+    arrivals: array[float]
+    streams: bytearray  # 1: a stream
 
     @classmethod
     def poisson(cls, rate_per_s: float, *, stream_percent: float, seed: int, duration_s: float | None = None,
@@ -62,10 +64,10 @@ class Outcomes:
 
     providers: tuple[str, ...]  # the policy's, in order; `served` holds an index into it
     schedule: Schedule
-    latency: array = field(default_factory=lambda: array("d"))  # to the answer (stream: first event); NaN if failed
-    attempts: array = field(default_factory=lambda: array("H"))  # upstream attempts the router made
-    served: array = field(default_factory=lambda: array("b"))  # provider index, or FAILED
-    failures: Counter[str] = field(default_factory=Counter)  # outcome label -> requests
+    latency: array[float] = field(default_factory=lambda: array("d"))  # to the answer (a stream: its first event)
+    attempts: array[int] = field(default_factory=lambda: array("H"))  # upstream attempts the router made
+    served: array[int] = field(default_factory=lambda: array("b"))  # provider index, or FAILED (then latency NaN)
+    failures: Counter[str] = field(default_factory=Counter)  # outcome label (no_target: with why) -> requests
     provider_attempts: dict[str, int] = field(default_factory=dict)  # attempts that reached each provider
     decisions: dict[str, dict[str, int]] = field(default_factory=dict)  # provider -> what it did -> attempts
     end_s: float = 0.0  # when the last request ended, seconds after the start
@@ -86,7 +88,7 @@ class _Offer:
     """The arrival chain and the per-request coroutine (see the module docstring)."""
 
     def __init__(self, router: Router, schedule: Schedule, providers: Sequence[str], model: str,
-                 client: str | None) -> None:
+                 client: str | None, origin: float | None) -> None:
         self.router = router
         self.schedule = schedule
         self.client = client
@@ -97,7 +99,7 @@ class _Offer:
         self.json_request = request_for(model, stream=False)
         self.stream_request = request_for(model, stream=True)
         self.loop = asyncio.get_running_loop()
-        self.origin = self.loop.time()
+        self.origin = self.loop.time() if origin is None else origin
         self.issued = 0
         self.running: dict[int, asyncio.Task[None]] = {}
         self.done: asyncio.Future[None] = self.loop.create_future()
@@ -106,14 +108,14 @@ class _Offer:
         if len(self.schedule) == 0:
             self.done.set_result(None)
             return
-        self.loop.call_at(self.origin + self.schedule.arrivals[0], self._arrive)
+        call_at(self.loop, self.origin + self.schedule.arrivals[0], self._arrive)
 
     def _arrive(self) -> None:
         index = self.issued
         self.issued = index + 1
         self.running[index] = self.loop.create_task(self._one(index, bool(self.schedule.streams[index])))
         if self.issued < len(self.schedule):
-            self.loop.call_at(self.origin + self.schedule.arrivals[self.issued], self._arrive)
+            call_at(self.loop, self.origin + self.schedule.arrivals[self.issued], self._arrive)
 
     async def _one(self, index: int, stream: bool) -> None:
         router, outcomes, time = self.router, self.outcomes, self.loop.time
@@ -129,8 +131,11 @@ class _Offer:
             else:
                 await router.chat(self.json_request, client=self.client, record=record)
                 latency = time() - started
+                record.finish(SUCCESS)  # with the caller's own record, as a server's, a success is the caller's to end
             outcomes.latency[index] = latency
             outcomes.served[index] = self.index_of[record.provider]
+        except NoTargetAvailable as exc:  # why matters here: retry budget, every target ejected, none available
+            outcomes.failures[f"{record.outcome} ({str(exc).partition(';')[0]})"] += 1
         except RouterError:
             outcomes.failures[record.outcome or "error"] += 1
         except Exception as exc:  # a bug, not an outcome: stop the whole run with it
@@ -145,9 +150,10 @@ class _Offer:
 
 
 async def offer(router: Router, schedule: Schedule, *, providers: Sequence[str], model: str,
-                client: str | None = None) -> Outcomes:
-    """Offer `schedule` to `router` (asking for `model`, as `client`), wait for every request to end."""
-    run = _Offer(router, schedule, providers, model, client)
+                client: str | None = None, origin: float | None = None) -> Outcomes:
+    """Offer `schedule` to `router` (asking for `model`, as `client`), wait for every request to end.
+    `origin`: the loop time the schedule's arrivals count from (default: now)."""
+    run = _Offer(router, schedule, providers, model, client, origin)
     run.start()
     try:
         await run.done

@@ -8,20 +8,24 @@ wait 30 s for a first byte costs one timer, not 30 seconds.
 Only code that does no real I/O and starts no threads may run on it: with nothing ready and no timer
 set, a real loop would wait for a socket; this one raises `SimulationStalled` instead of hanging.
 
-`call_at` and `_run_once` are replaced: asyncio's `_run_once` polls a selector every iteration
-(a system call) and keeps timers in a heap compared in Python. These keep the same contract (due
-timers move to the ready queue, ready callbacks run in order, cancelled timers never run) and use
-the same private attributes asyncio's own do (`_ready`, `_timer_cancelled_count`, `_stopping`,
-`TimerHandle._scheduled` and `_cancelled`), which CPython 3.11-3.13 all keep;
-`tests/sim/test_loop.py` pins the behaviour.
+`call_soon`, `call_at` and `_run_once` are replaced, because a simulated request is mostly timers
+and wake-ups: asyncio's `_run_once` polls a selector every iteration (a system call) and keeps
+timers in a heap compared in Python, and its handles cost a `get_debug()` call each. These keep the
+same contract (due timers move to the ready queue in time order, ties in the order they were set;
+ready callbacks run in order; cancelled ones never run; an exception goes to the exception handler)
+and use the private attributes asyncio's own do (`_ready`, `_timer_cancelled_count`, `_stopping`,
+the handles' slots), which CPython 3.11-3.13 all keep; `tests/sim/test_loop.py` pins the behaviour.
+asyncio's debug mode is not honoured on this loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import heapq
 import itertools
+import operator
 import selectors
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
@@ -32,6 +36,10 @@ T = TypeVar("T")
 # its cancelled first-byte timeout behind, due up to `first_byte_s` later) and there are this many.
 _MIN_CANCELLED_TO_PURGE = 1000
 _WALL_OFFSET = 1_700_000_000.0  # a plausible wall clock for HTTP-dates: virtual second 0 is Nov 2023
+
+
+_VIRTUAL_NOW = operator.attrgetter("_virtual_now")
+_NEW_HANDLE = object.__new__
 
 
 class SimulationStalled(RuntimeError):
@@ -79,54 +87,127 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self._virtual_now = 0.0
         self._timers: list[tuple[float, int, Any]] = []
         self._sequence = itertools.count()
+        # `time()` is called a dozen times a request: a C-level callable rather than a method.
+        self.time = functools.partial(_VIRTUAL_NOW, self)  # type: ignore[method-assign]
 
     def time(self) -> float:
         return self._virtual_now
 
     def call_at(self, when: float, callback: Callable[..., object], *args: Any,
                 context: contextvars.Context | None = None) -> asyncio.TimerHandle:
-        self._check_closed()  # type: ignore[attr-defined]
-        timer = asyncio.TimerHandle(when, callback, args, self, context)
+        if self._closed:  # type: ignore[attr-defined]
+            raise RuntimeError("Event loop is closed")
+        timer = _NEW_HANDLE(_Timer)  # TimerHandle.__init__ without its get_debug() call
+        timer._callback, timer._args, timer._loop, timer._when = callback, args, self, when  # type: ignore[attr-defined]
+        timer._context = context if context is not None else contextvars.copy_context()  # type: ignore[attr-defined]
+        timer._cancelled, timer._repr, timer._source_traceback = False, None, None  # type: ignore[attr-defined]
+        timer._scheduled = True  # type: ignore[attr-defined]  # in the heap: cancel() counts it
         heapq.heappush(self._timers, (when, next(self._sequence), timer))
-        timer._scheduled = True  # type: ignore[attr-defined]  # so that cancel() counts it
         return timer
+
+    def call_soon(self, callback: Callable[..., object], *args: Any,
+                  context: contextvars.Context | None = None) -> asyncio.Handle:
+        # asyncio's, without its debug-mode checks and one call level: every wake-up of a task comes here.
+        if self._closed:  # type: ignore[attr-defined]
+            raise RuntimeError("Event loop is closed")
+        handle = _NEW_HANDLE(asyncio.Handle)  # Handle.__init__ without its get_debug() call
+        handle._callback, handle._args, handle._loop = callback, args, self  # type: ignore[attr-defined]
+        handle._context = context if context is not None else contextvars.copy_context()  # type: ignore[attr-defined]
+        handle._cancelled, handle._repr, handle._source_traceback = False, None, None  # type: ignore[attr-defined]
+        self._ready.append(handle)  # type: ignore[attr-defined]
+        return handle
 
     def wake_at(self, when: float, future: asyncio.Future[None]) -> None:
         """Resolve `future` (with None) at `when`, unless it is done by then."""
         heapq.heappush(self._timers, (when, next(self._sequence), future))
 
+    def run_at(self, when: float, callback: Callable[[], object]) -> None:
+        """Call `callback()` at `when`, with no handle to cancel it (nor its cost): for a chain of arrivals."""
+        heapq.heappush(self._timers, (when, next(self._sequence), _Call(callback)))
+
     def _run_once(self) -> None:
-        timers = self._timers
-        ready = self._ready  # type: ignore[attr-defined]
-        if self._timer_cancelled_count > _MIN_CANCELLED_TO_PURGE and \
-                self._timer_cancelled_count * 2 > len(timers):  # type: ignore[attr-defined]
-            timers[:] = [entry for entry in timers if not isinstance(entry[2], asyncio.TimerHandle)
-                         or not entry[2]._cancelled]  # type: ignore[attr-defined]
-            heapq.heapify(timers)
-            self._timer_cancelled_count = 0
-        if not ready and not self._stopping:  # type: ignore[attr-defined]
-            if not timers:
-                raise SimulationStalled("every task is waiting and no timer is set: on virtual time nothing "
-                                        "can happen any more (a deadlock, or code waiting for real I/O)")
-            when = timers[0][0]
-            if when > self._virtual_now:
-                self._virtual_now = when  # the jump: nothing else could happen before this timer
-        now = self._virtual_now
-        timer_class = asyncio.TimerHandle
-        while timers and timers[0][0] <= now:
-            item = heapq.heappop(timers)[2]
-            if item.__class__ is timer_class:
-                if item._cancelled:
-                    self._timer_cancelled_count -= 1
-                else:
-                    item._scheduled = False
+        """asyncio's `run_forever` calls this in a loop until the loop stops; here it runs the iterations
+        itself (the same steps: due timers to the ready queue, then what was ready), with the lookups done
+        once rather than once an iteration."""
+        timers, ready = self._timers, self._ready  # type: ignore[attr-defined]
+        heappop, popleft, timer_class = heapq.heappop, ready.popleft, _Timer
+        while True:
+            if self._timer_cancelled_count > _MIN_CANCELLED_TO_PURGE and \
+                    self._timer_cancelled_count * 2 > len(timers):  # type: ignore[attr-defined]
+                self._purge_cancelled()
+            if not ready:
+                if not timers:
+                    if self._stopping:  # type: ignore[attr-defined]
+                        return
+                    raise SimulationStalled("every task is waiting and no timer is set: on virtual time "
+                                            "nothing can happen any more (a deadlock, or code waiting for I/O)")
+                if not self._stopping and timers[0][0] > self._virtual_now:  # type: ignore[attr-defined]
+                    self._virtual_now = timers[0][0]  # the jump: nothing else could happen before this timer
+            now = self._virtual_now
+            while timers and timers[0][0] <= now:
+                item = heappop(timers)[2]
+                if item.__class__ is timer_class:
+                    if item._cancelled:
+                        self._timer_cancelled_count -= 1
+                    else:
+                        item._scheduled = False
+                        ready.append(item)
+                elif item.__class__ is _Call:
                     ready.append(item)
-            elif not item.done():
-                item.set_result(None)
-        for _ in range(len(ready)):
-            handle = ready.popleft()
-            if not handle._cancelled:
-                handle._run()
+                elif not item.done():
+                    item.set_result(None)
+            for _ in range(len(ready)):
+                handle = popleft()
+                if not handle._cancelled:
+                    try:  # Handle._run, inline
+                        handle._context.run(handle._callback, *handle._args)
+                    except (SystemExit, KeyboardInterrupt):
+                        raise
+                    except BaseException as exc:
+                        self.call_exception_handler({"message": f"Exception in callback {handle!r}",
+                                                     "exception": exc, "handle": handle})
+            if self._stopping:  # type: ignore[attr-defined]
+                return
+
+    def _purge_cancelled(self) -> None:
+        timers = self._timers
+        timers[:] = [entry for entry in timers
+                     if entry[2].__class__ is not _Timer or not entry[2]._cancelled]
+        heapq.heapify(timers)
+        self._timer_cancelled_count = 0
+
+
+class _Timer(asyncio.TimerHandle):
+    """A TimerHandle whose cancel() skips the debug-mode bookkeeping (the transport cancels one an attempt)."""
+
+    __slots__ = ()
+
+    def cancel(self) -> None:
+        if not self._cancelled:  # type: ignore[has-type]
+            self._cancelled = True
+            self._callback = self._args = None  # type: ignore[assignment]
+            if self._scheduled:  # type: ignore[has-type]
+                self._loop._timer_cancelled_count += 1  # type: ignore[attr-defined]
+
+
+class _Call:
+    """What `run_at` queues: run like a handle (the same attributes), but never cancelled."""
+
+    __slots__ = ("_args", "_callback", "_cancelled", "_context")
+
+    def __init__(self, callback: Callable[[], object]) -> None:
+        self._callback = callback
+        self._args = ()
+        self._cancelled = False
+        self._context = contextvars.copy_context()
+
+
+def call_at(loop: asyncio.AbstractEventLoop, when: float, callback: Callable[[], object]) -> None:
+    """`loop.call_at(when, callback)` without a handle to cancel it: lighter on a `VirtualTimeLoop`."""
+    if isinstance(loop, VirtualTimeLoop):
+        loop.run_at(when, callback)
+    else:
+        loop.call_at(when, callback)
 
 
 def wake_at(loop: asyncio.AbstractEventLoop, when: float) -> asyncio.Future[None]:
@@ -139,6 +220,21 @@ def wake_at(loop: asyncio.AbstractEventLoop, when: float) -> asyncio.Future[None
     else:
         loop.call_at(when, _resolve, future)
     return future
+
+
+def waker(loop: asyncio.AbstractEventLoop) -> Callable[[float], asyncio.Future[None]]:
+    """`wake_at` bound to `loop`: on a `VirtualTimeLoop`, a closure over its heap (the simulated wire
+    sleeps once or twice an attempt)."""
+    if not isinstance(loop, VirtualTimeLoop):
+        return functools.partial(wake_at, loop)
+    timers, sequence, create_future, heappush = loop._timers, loop._sequence, loop.create_future, heapq.heappush
+
+    def wake(when: float) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = create_future()
+        heappush(timers, (when, next(sequence), future))
+        return future
+
+    return wake
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -11,7 +11,9 @@ import asyncio
 import random
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
+from types import MappingProxyType
 
+from router.health.prober import Check
 from router.policy import load_policy
 from router.policy.model import Policy, Provider, Route, StatePolicy
 from router.router import Router
@@ -50,9 +52,11 @@ def simulation_policy(policy: Policy) -> tuple[Policy, list[str]]:
     """The policy as simulated, and what had to change: one process, so limit and breaker state in memory."""
     notes = []
     if policy.state.backend != "memory":
-        policy = replace(policy, state=StatePolicy())
         notes.append(f"state.backend {policy.state.backend!r} is simulated with the memory backend (one router)")
-    return policy, notes
+        policy = replace(policy, state=StatePolicy())
+    # No key is sent anywhere: without one, the transport has no secret to look for in every answer.
+    providers = {name: replace(p, api_key=None) for name, p in policy.providers.items()}
+    return replace(policy, providers=MappingProxyType(providers)), notes
 
 
 def pick_route(policy: Policy, requested: str | None) -> tuple[str, Route]:
@@ -78,7 +82,7 @@ def schedule_for(profile: FaultProfile, *, seed: int, requests: int | None = Non
                             duration_s=None if requests is not None else profile.duration_s, count=requests)
 
 
-def _probe(models: Mapping[str, ProviderModel], origin: float):  # type: ignore[no-untyped-def]
+def _probe(models: Mapping[str, ProviderModel], origin: float) -> Check:
     """The router's `health_probe` check, answered by the models: healthy unless an outage is in progress."""
 
     async def check(provider: Provider) -> bool:
@@ -105,11 +109,11 @@ def simulate(policy: Policy, profile: FaultProfile, *, seed: int = DEFAULT_SEED,
         try:
             async with router:
                 outcomes = await offer(router, schedule, providers=list(policy.providers), model=requested,
-                                       client=client)
+                                       client=client, origin=origin)
         finally:
             await transport.aclose()
-        outcomes.provider_attempts = dict(sim_client.attempts)
         outcomes.decisions = {name: dict(m.counts) for name, m in models.items()}
+        outcomes.provider_attempts = {name: sum(counts.values()) for name, counts in outcomes.decisions.items()}
         return outcomes
 
     return run_virtual(main)

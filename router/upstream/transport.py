@@ -221,9 +221,13 @@ class _Endpoint:
 class HttpTransport:
     """The production transport. Create inside a running event loop; close with `aclose()`."""
 
-    def __init__(self, providers: Mapping[str, Provider], *, clock: Clock | None = None) -> None:
+    def __init__(self, providers: Mapping[str, Provider], *, clock: Clock | None = None,
+                 clients: Mapping[str, Client] | None = None) -> None:
+        """`clients`: the HTTP client for each `http_client` value (default: the real ones; `router simulate`
+        passes its simulated one for both)."""
         self._clock = clock or SystemClock()
-        self._clients: dict[str, Client] = {"fast": FastClient(), "aiohttp": AiohttpClient()}
+        self._clients: dict[str, Client] = dict(clients) if clients is not None \
+            else {"fast": FastClient(), "aiohttp": AiohttpClient()}
         self._closed = False
         self._endpoints: dict[str, _Endpoint] = {}
         self.configure(providers)

@@ -5,66 +5,23 @@ A scenario of minutes (hundreds of concurrent requests, providers that slow down
 limit) runs through the real `Router` — planner, breakers, limits, budgets, hedges, the prober —
 in well under a second of real time, and gives the same result on a loaded machine as on a quiet
 one: nothing depends on how fast the machine is. Only code that does no real I/O may run on it.
+The loop itself is `router simulate`'s (router/sim/loop.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import selectors
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
+from router.sim.loop import LoopClock, VirtualTimeLoop, run_virtual
 from router.upstream.errors import ConnectFailed
 from router.upstream.sse import SseEvent, SseParser
 from router.upstream.transport import Outgoing
 from tests.support.memory import COMPLETION, sse_body
 
-T = TypeVar("T")
-
-
-class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    """`time()` is virtual: when every task waits for a timer, the clock jumps to that timer."""
-
-    def __init__(self) -> None:
-        super().__init__(selectors.SelectSelector())
-        self._virtual_now = 0.0
-        real_select = self._selector.select  # type: ignore[attr-defined]
-
-        def select(timeout: float | None = None) -> list[Any]:
-            if timeout is None:  # no timer at all: only real I/O could wake us
-                return real_select(timeout)
-            events = real_select(0)
-            if not events and timeout > 0:
-                self._virtual_now += timeout
-            return events
-
-        self._selector.select = select  # type: ignore[attr-defined]
-
-    def time(self) -> float:
-        return self._virtual_now
-
-
-def run_virtual(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    loop = VirtualTimeLoop()
-    try:
-        return loop.run_until_complete(main())
-    finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
-
-
-class LoopClock:
-    """The router's clock, read from the running loop (virtual here)."""
-
-    __slots__ = ()
-
-    def monotonic(self) -> float:
-        return asyncio.get_running_loop().time()
-
-    def wall(self) -> float:
-        return 1_700_000_000.0 + asyncio.get_running_loop().time()
+__all__ = ["Answer", "LoopClock", "SimReply", "SimTransport", "VirtualTimeLoop", "run_virtual"]
 
 
 @dataclass
