@@ -144,7 +144,7 @@ def disconnect_effects(results: list[Result], watched: Mapping[str, list[Hit]],
             effects.late_attempts.append(hit.started - r.disconnected_at)
             end = None if ended is None else ended.get(r.request_id)
             late.append((r.request_id, hit.started - r.disconnected_at, math.inf if end is None else hit.started - end))
-    read_lag = max(LOGGED_END_SLACK_S, *effects.first_after)
+    read_lag = max([LOGGED_END_SLACK_S, *effects.first_after])  # first_after may be empty
     delivery = LOGGED_END_SLACK_S + 2 * provider_lag
     effects.unexplained = [f"{rid}: {after * 1000:.1f} ms after the client left, {past_end * 1000:.1f} ms after "
                            f"the daemon logged its end (read lag {read_lag * 1000:.1f} ms, allowed after the end "

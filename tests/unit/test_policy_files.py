@@ -14,7 +14,9 @@ from router.errors import PolicyError
 from router.policy import load_policy
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
-POLICY_FILES = sorted(POLICIES.rglob("*.yaml"))
+# policies/faults/ holds `router simulate` fault profiles, not policies (tests/sim/ loads them).
+FAULTS = POLICIES / "faults"
+POLICY_FILES = sorted(path for path in POLICIES.rglob("*.yaml") if FAULTS not in path.parents)
 DEFAULT = POLICIES / "default.yaml"
 AIMO_MODEL = "8W7X1tGnWh9CXwnPD7wgke31Gdcqmex4LapJvQ2afBUq:deepseek-chat-v3"
 

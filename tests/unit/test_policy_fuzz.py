@@ -162,7 +162,8 @@ FULL_POLICY: dict[str, Any] = {
     "server": {"host": "127.0.0.1", "port": 8080, "max_body_bytes": 4194304, "drain_timeout_s": 30},
 }
 SHIPPED = {path.name: yaml.safe_load(path.read_text(encoding="utf-8"))
-           for path in [*(REPO / "policies").rglob("*.yaml"), REPO / "deploy" / "policy.example.yaml"]}
+           for path in [*(REPO / "policies").rglob("*.yaml"), REPO / "deploy" / "policy.example.yaml"]
+           if REPO / "policies" / "faults" not in path.parents}  # fault profiles: tests/sim/
 SEEDS = {"full": FULL_POLICY, **SHIPPED}
 SHIPPED_ENV = {**ENV, "ASI1_API_KEY": "k3", "ROUTER_CLIENT_WEB_KEY": "k4", "ROUTER_CLIENT_BATCH_KEY": "k5"}
 # Values at the edges of what parsers accept, by the type they replace, plus the addresses the
