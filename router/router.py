@@ -87,6 +87,10 @@ class Router:
         return self._clock
 
     @property
+    def tracing(self) -> Tracing | None:
+        return self._tracing
+
+    @property
     def observer(self) -> Observer:
         """The sink of this router's events (a `NullObserver` when none was given)."""
         return self._observer

@@ -153,7 +153,8 @@ async def _decide(context: ServerContext, exchange: Exchange, record: RequestRec
         record.finish("invalid_api_key")
         return error_answer(record, request_id, 401, "missing or invalid API key", code="invalid_api_key")
     record.client = client or "-"
-    record.traceparent = exchange.headers.get("traceparent")  # read by tracing only (observe/tracing.py)
+    if context.router.tracing is not None:  # the client's trace, continued (observe/tracing.py)
+        record.traceparent = exchange.headers.get("traceparent")
     try:
         body = await exchange.read_body()
     except BodyRefused as exc:
