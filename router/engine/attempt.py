@@ -305,7 +305,7 @@ class Attempt:
         call, provider = self.call, self.target.provider
         ledger = call.snapshot.ledger
         # This attempt is still counted in flight; the others will each take one of what is left.
-        wait = throttle_for(hint, others_in_flight=ledger.provider(provider).in_flight - 1,
+        wait = throttle_for(hint, others_in_flight=ledger.provider_in_flight(provider) - 1,
                             tokens_needed=call.request.token_estimate)
         if wait is not None and wait > 0:
             ledger.throttle(provider, now + wait, now, cause="limit_header")

@@ -44,7 +44,6 @@ class ProviderState:
     quota: Quota | None
     throttled_until: float = float("-inf")
     throttle_cause: str = ""  # what set `throttled_until`: "429", "limit_header" or "peer"
-    in_flight: int = 0  # attempts to this provider now, over all its targets
 
     @classmethod
     def build(cls, name: str, provider: Provider, backend: StateBackend) -> ProviderState:
@@ -229,11 +228,14 @@ class Ledger:
     # -- in-flight accounting (least_busy, adaptive, limit headers and the in-flight gauge) ----------
     def begin(self, target: Target) -> None:
         self._inflight[target.key] = self._inflight.get(target.key, 0) + 1
-        self._providers[target.provider].in_flight += 1
 
     def end(self, target: Target) -> None:
         self._inflight[target.key] = self._inflight.get(target.key, 1) - 1
-        self._providers[target.provider].in_flight -= 1
+
+    def provider_in_flight(self, provider: str) -> int:
+        """Attempts to `provider` now, over all its targets (summed when asked: rarely, off the hot path)."""
+        inflight = self._inflight
+        return sum(inflight.get(key, 0) for key, name in self._target_provider.items() if name == provider)
 
     # -- TargetView ---------------------------------------------------------------------------
     def inflight(self, target: Target) -> int:

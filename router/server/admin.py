@@ -92,7 +92,7 @@ class _Handlers:
         (ledger.drained.add if drained else ledger.drained.discard)(name)
         log.warning("admin: %s provider %s by %s", "drain" if drained else "restore", name, who)
         return _json(200, {"provider": name, "drained": drained,
-                           "in_flight": ledger.provider(name).in_flight})
+                           "in_flight": ledger.provider_in_flight(name)})
 
     def _authorize(self, request: web.Request) -> str:
         """Who is asking, for the log; a 401 unless the key matches (or no key is configured)."""
