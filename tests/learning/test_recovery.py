@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from router.policy.model import Provider
 from router.upstream.transport import Outgoing
 from tests.learning.scenario import Counting, Served, offer, router_for
 from tests.support.virtual_time import Answer, SimTransport, run_virtual
+
+pytestmark = pytest.mark.slow  # six outages per test: ~0.8 s each
 
 START = 20.0
 ENDS = [START + 300.0 + 5.7 * k for k in range(6)]  # five minutes down, and a bit more

@@ -35,6 +35,8 @@ from tests.support.policies import (
     route_block,
 )
 
+pytestmark = pytest.mark.slow  # a `router serve` per test
+
 ADMIN_KEY = "admin-key-5f0c2b7e91d4-very-secret"
 ADMIN_ENV = "TEST_ROUTER_ADMIN_KEY"
 HEADER_SECRET = "x-custom-header-secret-value-77"

@@ -118,12 +118,14 @@ def _subprocess(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
 
 
+@pytest.mark.slow
 def test_as_a_subprocess() -> None:
     result = _subprocess("router.sim", "-c", POLICY, "--faults", FAULTS, "--requests", "1000", "--json")
     assert result.returncode == 0, result.stderr
     assert set(json.loads(result.stdout)) >= CONTRACT_KEYS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad", [False, True])
 def test_router_cli_simulate(bad: bool, tmp_path: Path) -> None:
     faults = FAULTS
