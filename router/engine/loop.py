@@ -97,8 +97,11 @@ class Engine:
             if give_up.reason == "deadline":
                 return UpstreamError("request deadline exceeded before any attempt", status=504,
                                      reason=str(Reason.DEADLINE))
+            retry_after = give_up.retry_after
+            if retry_after is None:  # every target out (ejected, drained): say when one may be back
+                retry_after = call.snapshot.ledger.route_down_for(call.tiers, self.clock.monotonic())
             return NoTargetAvailable("no target of this route is available", attempts=attempts,
-                                     retry_after=give_up.retry_after)
+                                     retry_after=retry_after)
         if verdict.action is Action.FATAL and verdict.reason is not Reason.DEADLINE:
             status = verdict.status or 400
             return UpstreamError(verdict.message or f"provider refused the request ({status})", status=status,

@@ -223,7 +223,9 @@ class Ledger:
                 if breaker.available(now) or breaker.open_until is None:
                     return None
                 until.append(breaker.open_until)
-        return max(min(until) - now, 0.0) if until else None
+        # At least a second: a probed breaker stays open past its ejection until its prober finds the
+        # provider back, and "retry after 0 s" would only invite a busy loop.
+        return max(min(until) - now, 1.0) if until else None
 
     # -- in-flight accounting (least_busy, adaptive, limit headers and the in-flight gauge) ----------
     def begin(self, target: Target) -> None:

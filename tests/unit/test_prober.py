@@ -20,6 +20,7 @@ from collections.abc import Iterable
 
 import pytest
 
+from router import NoTargetAvailable, Router
 from router.clock import FakeClock
 from router.engine.planner import GiveUp, Go, Progress, plan
 from router.health.backends import EJECT, RECOVERED, RECOVERED_TTL_S, MemoryBackend, StateBackend
@@ -30,6 +31,7 @@ from router.health.view import READY, Status
 from router.observe.observer import NullObserver
 from router.policy.loader import parse_policy
 from router.policy.model import Policy, Provider, RetryPolicy, Target
+from tests.support.memory import ScriptedTransport, error_reply
 
 INTERVAL_S = 5.0
 T0 = 1000.0
@@ -561,3 +563,36 @@ async def test_a_stale_recovery_does_not_close_an_ejection_adopted_after_it(reco
         changes += h.ledger.adopt_health([recovery, ejection] if recovery_first else [ejection, recovery], h.now)
         assert h.state(P1) is BreakerState.OPEN, "a peer's ejection from after the recovery was undone"
     assert changes == [("p", "p/m1", "open")], "the adopted ejection flapped closed and open again"
+
+
+async def test_a_route_whose_probed_targets_are_all_out_answers_with_a_retry_after_not_a_busy_loop() -> None:
+    """Probed breakers stay open past their ejection, until the prober finds the provider back: the
+    request refused meanwhile must still say when to come back (at least a second), never 0 or nothing."""
+    policy = parse_policy("""
+providers:
+  a: {base_url: "http://127.0.0.1:9/v1", health_probe: {interval_s: 5}, breaker: {consecutive_failures: 1}}
+  b: {base_url: "http://127.0.0.1:9/v1", health_probe: {interval_s: 5}, breaker: {consecutive_failures: 1}}
+routes:
+  chat:
+    retry: {max_attempts: 2, max_attempts_per_target: 1}
+    targets: [{provider: a, model: m}, {provider: b, model: m, priority: 1}]
+""")
+    clock = FakeClock()
+
+    async def still_down(provider: object) -> bool:
+        return False
+
+    async def sleep(seconds: float) -> None:
+        clock.advance(seconds)
+
+    transport = ScriptedTransport(a=[error_reply(500)], b=[error_reply(500)])
+    router = Router(policy, transport=transport, clock=clock, sleep=sleep, health_check=still_down)
+    chat = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
+    async with router:
+        with pytest.raises(NoTargetAvailable):
+            await router.chat(chat)  # both fail once: both ejected
+        clock.advance(60.0)  # long past the ejections: only a probe can bring them back
+        with pytest.raises(NoTargetAvailable) as refused:
+            await router.chat(chat)
+    assert refused.value.retry_after is not None and refused.value.retry_after >= 1.0
+    assert len(transport.sent) == 2  # and no client request went to either while they were out
