@@ -49,9 +49,10 @@ EVENTS = [json.dumps({"choices": [{"delta": {"content": f"t{i}"}}]}) for i in ra
 SSE = b"".join(b"data: " + e.encode() + b"\n\n" for e in EVENTS) + b"data: [DONE]\n\n"
 
 
-def provider(base_url: str, client: str, *, max_response_bytes: int = 32 * 1024 * 1024) -> Provider:
+def provider(base_url: str, client: str, *, max_response_bytes: int = 32 * 1024 * 1024,
+             timeouts: Timeouts = TIMEOUTS) -> Provider:
     return Provider("aimo", base_url, api_key="sk-contract-key-0123", headers=MappingProxyType({}),
-                    timeouts=TIMEOUTS, http_client=client, max_response_bytes=max_response_bytes)
+                    timeouts=timeouts, http_client=client, max_response_bytes=max_response_bytes)
 
 
 Verdict = tuple[object, ...]
@@ -369,7 +370,10 @@ async def test_a_provider_that_closes_idle_connections_costs_no_attempt(
     # many requests are written to a connection the provider is closing at that moment.
     idle_s = 0.02
     server = await serve(close_when_idle(idle_s))
-    prov = provider(server.base_url, client)
+    # A stale connection shows as an EOF or a reset at once, never as silence: a 2 s first-byte timeout
+    # still catches a request left hanging on one, and does not fail on the loaded CI machine's stalls
+    # of the event loop this fake shares with ten clients (0.3 s did, for 4 of 1,000 requests, once).
+    prov = provider(server.base_url, client, timeouts=Timeouts(connect_s=1.0, first_byte_s=2.0, idle_s=2.0))
     transport = make_transport(prov)
     rng = random.Random(1)
     gaps = [[rng.uniform(0.5 * idle_s, 1.5 * idle_s) for _ in range(100)] for _ in range(10)]
