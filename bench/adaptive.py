@@ -46,44 +46,35 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-try:
-    from bench.adaptive_fakes import Behaviour, FakeProvider, RateWindow
-    from bench.adaptive_harness import Sample, Variant, metric_sum, open_loop, run_variants, stop_all, targets
-    from bench.adaptive_report import (
-        _ms,
-        all_answered_row,
-        msec,
-        ok_samples,
-        pct,
-        percentile,
-        render_chart,
-        render_markdown,
-        render_table,
-        row,
-        secs,
-        sent,
-        share,
-        time_to_majority,
-    )
-except ImportError:  # run as a script: python bench/adaptive.py
-    from adaptive_fakes import Behaviour, FakeProvider, RateWindow
-    from adaptive_harness import Sample, Variant, metric_sum, open_loop, run_variants, stop_all, targets
-    from adaptive_report import (
-        _ms,
-        all_answered_row,
-        msec,
-        ok_samples,
-        pct,
-        percentile,
-        render_chart,
-        render_markdown,
-        render_table,
-        row,
-        secs,
-        sent,
-        share,
-        time_to_majority,
-    )
+# Run as a script (python bench/adaptive.py) or as a module: either way the repository root is importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.adaptive_fakes import Behaviour, FakeProvider, RateWindow
+from bench.adaptive_harness import (
+    Sample,
+    Variant,
+    metric_sum,
+    open_loop,
+    run_variants,
+    stop_all,
+    targets,
+)
+from bench.adaptive_report import (
+    _ms,
+    all_answered_row,
+    msec,
+    ok_samples,
+    pct,
+    percentile,
+    render_chart,
+    render_markdown,
+    render_table,
+    row,
+    secs,
+    sent,
+    share,
+    time_to_majority,
+)
 
 HERE = Path(__file__).resolve().parent
 

@@ -32,10 +32,7 @@ import aiohttp
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-try:
-    from bench.adaptive_fakes import FakeProvider, free_port
-except ImportError:  # run as a script
-    from adaptive_fakes import FakeProvider, free_port  # type: ignore[no-redef]
+from bench.adaptive_fakes import FakeProvider, free_port  # bench/adaptive.py puts the repository root on the path
 
 
 # -- the client ----------------------------------------------------------------------------------------

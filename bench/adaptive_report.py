@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-try:
-    from bench.adaptive_harness import Sample
-except ImportError:  # run as a script
-    from adaptive_harness import Sample  # type: ignore[no-redef]
-
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from bench.adaptive_harness import Sample  # bench/adaptive.py puts the repository root on the path
 
 ORDER = ("adaptive", "limits", "recovery", "hedging")  # the scenarios, as the file lists them
 

@@ -55,7 +55,7 @@ def test_hedging_bounds_the_time_to_first_event_of_a_sometimes_slow_primary() ->
     assert all(s.provider is not None for s in served)
     assert p99 <= 1.5
     assert ratio <= 1.12
-    assert observer.hedges.get("won", 0) > 0 and observer.hedges.get("suppressed", 0) >= 0
+    assert observer.hedges.get("won", 0) > 0
     # Every reply the router gave up on was closed, at once (virtual time: no later than the winner).
     for provider, reply in transport.replies:
         assert reply.closed_at is not None, provider

@@ -6,7 +6,7 @@ request and per attempt, GenAI attributes, the reason for a retry or failover, a
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import aiohttp
 import pytest
@@ -50,6 +50,20 @@ def tracing(exporter: InMemorySpanExporter) -> Tracing:
     return Tracing(provider)
 
 
+async def upstream_headers(fake_provider: FakeProviderFactory, traces: Tracing | None) -> Mapping[str, str]:
+    """One request with the client's `traceparent` through the daemon: the headers the provider got."""
+    a = await fake_provider("a")
+    policy = make_policy({"a": provider_entry(a)}, {"chat": {"targets": [{"provider": "a", "model": "m"}]}})
+    daemon = await start_in_process(policy, tracing=traces)
+    try:
+        async with aiohttp.ClientSession() as session, \
+                session.post(daemon.chat_url, json=CHAT, headers={"traceparent": CLIENT_PARENT}) as response:
+            assert response.status == 200
+    finally:
+        await daemon.stop()
+    return a.hits[0].headers_ci
+
+
 def by_kind(spans: tuple[ReadableSpan, ...], kind: SpanKind) -> list[ReadableSpan]:
     return sorted((s for s in spans if s.kind is kind), key=lambda s: s.start_time or 0)
 
@@ -59,7 +73,6 @@ async def test_a_failed_over_request_is_one_server_span_with_one_client_span_per
     transport = ScriptedTransport(a=[error_reply(503)], b=[completion_reply("model-b")])
     async with Router(POLICY, transport=transport, tracing=tracing(exporter), rng=random.Random(1)) as router:
         result = await router.chat(CHAT)
-        router.new_record()  # nothing traced for a record that never reaches admission
     assert result.provider == "b"
     spans = exporter.get_finished_spans()
     (request,) = by_kind(spans, SpanKind.SERVER)
@@ -114,16 +127,7 @@ async def test_a_failed_request_and_a_stream_are_traced_with_their_outcome(expor
 
 async def test_the_clients_traceparent_reaches_the_provider_through_the_daemon(
         exporter: InMemorySpanExporter, fake_provider: FakeProviderFactory) -> None:
-    a = await fake_provider("a")
-    policy = make_policy({"a": provider_entry(a)}, {"chat": {"targets": [{"provider": "a", "model": "m"}]}})
-    daemon = await start_in_process(policy, tracing=tracing(exporter))
-    try:
-        async with aiohttp.ClientSession() as session, \
-                session.post(daemon.chat_url, json=CHAT, headers={"traceparent": CLIENT_PARENT}) as response:
-            assert response.status == 200
-    finally:
-        await daemon.stop()
-    upstream = a.hits[0].headers_ci["traceparent"]
+    upstream = (await upstream_headers(fake_provider, tracing(exporter)))["traceparent"]
     (request,) = by_kind(exporter.get_finished_spans(), SpanKind.SERVER)
     (attempt,) = by_kind(exporter.get_finished_spans(), SpanKind.CLIENT)
     assert f"{request.context.trace_id:032x}" == CLIENT_TRACE  # the client's trace, continued
@@ -132,16 +136,7 @@ async def test_the_clients_traceparent_reaches_the_provider_through_the_daemon(
 
 
 async def test_without_tracing_nothing_is_sent_upstream_but_what_was_before(fake_provider: FakeProviderFactory) -> None:
-    a = await fake_provider("a")
-    policy = make_policy({"a": provider_entry(a)}, {"chat": {"targets": [{"provider": "a", "model": "m"}]}})
-    daemon = await start_in_process(policy)
-    try:
-        async with aiohttp.ClientSession() as session, \
-                session.post(daemon.chat_url, json=CHAT, headers={"traceparent": CLIENT_PARENT}) as response:
-            assert response.status == 200
-    finally:
-        await daemon.stop()
-    assert "traceparent" not in a.hits[0].headers_ci  # a client's header is never forwarded
+    assert "traceparent" not in await upstream_headers(fake_provider, None)  # a client's header is never forwarded
 
 
 def test_the_daemon_turns_tracing_on_from_the_standard_variable() -> None:
