@@ -104,7 +104,12 @@ class RedisBackend:
             _, pending = await asyncio.wait(tasks, timeout=0.5)
             tasks = list(pending)
         self._sync_task = None
-        await self._client.aclose()
+        try:
+            await self._client.aclose()
+        except (RedisError, OSError, TimeoutError) as exc:
+            # Closing must not fail a shutdown: redis-py times out closing a connection after
+            # socket_connect_timeout (state.timeout_ms), which a loaded machine can exceed.
+            log.warning("state backend: closing the Redis connections: %s", exc)
 
     # -- quotas ------------------------------------------------------------------------------
     def quota(self, key: str, spec: QuotaSpec) -> Quota:
