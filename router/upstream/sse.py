@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import NoReturn
 
-__all__ = ["DONE_EVENT", "SseEvent", "SseParser", "SseTooLarge", "encode_event", "one_by_one"]
+__all__ = ["DONE_EVENT", "SseEvent", "SseParser", "SseRun", "SseTooLarge", "encode_event", "one_by_one"]
 
 DONE_EVENT: bytes = b"data: [DONE]\n\n"
 
@@ -41,6 +41,49 @@ class SseEvent:
         return self.data == "[DONE]"
 
 
+@dataclass(frozen=True, slots=True)
+class SseRun:
+    """Consecutive events of one read, each exactly one ``data: <payload>`` line ended by a blank line:
+    what a provider writes for a burst of tokens, kept as bytes (``SseParser(runs=True)``).
+
+    ``raw`` is their bytes as they arrived; ``lines`` their payloads, newline-separated (a payload
+    holds no line break), so a consumer can check them all in one pass; ``events()`` gives them
+    one by one as the parser would have.
+    """
+
+    raw: bytes
+    lines: bytes
+    count: int
+    id: str | None = None  # the last event ID when the run began (a run carries no id: line)
+
+    def events(self) -> list[SseEvent]:
+        last_id = self.id
+        return [_new_event(b"data: " + line + b"\n\n", line.decode("utf-8", "replace"), None, last_id)
+                for line in self.lines.split(b"\n")]
+
+    def split_first(self) -> tuple[SseEvent, SseRun | None]:
+        """Its first event, and the run of the others (None if there are none)."""
+        if self.count == 1:
+            return self.events()[0], None
+        end = self.lines.find(b"\n")
+        line = self.lines[:end]
+        first = _new_event(self.raw[:end + 8], line.decode("utf-8", "replace"), None, self.id)
+        return first, SseRun(self.raw[end + 8:], self.lines[end + 1:], self.count - 1, self.id)
+
+    def split_last(self, count: int) -> tuple[SseRun | None, list[SseEvent]]:
+        """The run without its last `count` events (None if nothing is left), and those events."""
+        if count >= self.count:
+            return None, self.events()
+        lines = self.lines
+        end = len(lines)
+        for _ in range(count):
+            end = lines.rfind(b"\n", 0, end)
+        kept = self.count - count
+        head = SseRun(self.raw[:end + 7 * kept + 1], lines[:end], kept, self.id)
+        tail = SseRun(self.raw[end + 7 * kept + 1:], lines[end + 1:], count, self.id)
+        return head, tail.events()
+
+
 class SseParser:
     """Feed it the body as it arrives; it returns each event as soon as its blank line arrives.
 
@@ -58,11 +101,15 @@ class SseParser:
     a block's size is known before its content is. ``SseTooLarge`` leaves the parser
     failed (later calls raise it again) and discards events completed earlier in the same
     chunk: the stream is unusable either way.
+
+    With ``runs=True``, two or more consecutive one-line ``data:`` events at the end of a chunk
+    come as one ``SseRun`` (always the last item of what ``feed`` returns) instead of one
+    ``SseEvent`` each: a relay that checks them in one pass pays per read, not per event.
     """
 
-    __slots__ = ("_buf", "_failure", "_fast", "_head", "_last_id", "_max")
+    __slots__ = ("_buf", "_failure", "_fast", "_head", "_last_id", "_max", "_runs")
 
-    def __init__(self, max_event_bytes: int = 1 << 20) -> None:
+    def __init__(self, max_event_bytes: int = 1 << 20, *, runs: bool = False) -> None:
         if max_event_bytes < 1:
             raise ValueError("max_event_bytes must be positive")
         self._max = max_event_bytes
@@ -71,8 +118,9 @@ class SseParser:
         self._head = b""  # the stream's first bytes while they may still be a BOM
         self._fast = False  # past the BOM check and not failed
         self._failure: SseTooLarge | None = None
+        self._runs = runs
 
-    def feed(self, chunk: bytes) -> list[SseEvent]:
+    def feed(self, chunk: bytes) -> list[SseEvent | SseRun]:
         # The common case of one provider write per chunk: exactly "data: <line>\n\n" (or
         # with CRLF line endings), recognised with a few C-level scans.
         if self._fast and not self._buf and chunk[:6] == b"data: ":
@@ -98,7 +146,7 @@ class SseParser:
             chunk = head[3:] if head.startswith(_BOM) else head
         if not self._buf:
             return self._feed_fresh(chunk, [])
-        events: list[SseEvent] = []
+        events: list[SseEvent | SseRun] = []
         rest = self._complete_pending(chunk, events)
         return self._feed_fresh(rest, events) if rest else events
 
@@ -121,7 +169,7 @@ class SseParser:
         self._buf.clear()
         raise self._failure
 
-    def _complete_pending(self, chunk: bytes, events: list[SseEvent]) -> bytes:
+    def _complete_pending(self, chunk: bytes, events: list[SseEvent | SseRun]) -> bytes:
         """Append to the partial block; return what follows it in ``chunk`` once it ends."""
         buf = self._buf
         before = len(buf)  # all of it already searched: no block end in there
@@ -152,11 +200,17 @@ class SseParser:
             events.append(event)
         return chunk[end - before:]
 
-    def _feed_fresh(self, chunk: bytes, events: list[SseEvent]) -> list[SseEvent]:
+    def _feed_fresh(self, chunk: bytes, events: list[SseEvent | SseRun]) -> list[SseEvent | SseRun]:
         """Parse ``chunk`` that starts on a block boundary (the buffer is empty)."""
         chunk = chunk.lstrip(b"\r\n")
         if not chunk:
             return events
+        if self._runs and chunk[:6] == b"data: " and _CR not in chunk:
+            tail = self._run(chunk, events)
+            if tail is not None:
+                if tail:
+                    self._buf_tail(tail)
+                return events
         if _CR in chunk:
             tail = self._split_general(chunk, events)
         else:  # only "\n\n" can end a block
@@ -182,12 +236,30 @@ class SseParser:
                 if event is not None:
                     events.append(event)
         if tail:
-            if len(tail) > self._max:
-                self._fail(len(tail), complete=False)
-            self._buf += tail
+            self._buf_tail(tail)
         return events
 
-    def _split_general(self, chunk: bytes, events: list[SseEvent]) -> bytes:
+    def _run(self, chunk: bytes, events: list[SseEvent | SseRun]) -> bytes | None:
+        """The complete events of ``chunk`` as one run if they are two or more one-line ``data: `` events
+        (appended to ``events``), and what follows them; None, with nothing appended, otherwise."""
+        end = chunk.rfind(b"\n\n") + 2
+        if end < 2 or end > self._max:  # a run never holds an event over the limit: it is smaller
+            return None
+        complete = chunk[:end] if end < len(chunk) else chunk
+        lines = complete[6:-2].replace(b"\n\ndata: ", b"\n")
+        boundaries = (end - 8 - len(lines)) // 7
+        # Every line break must be one of those boundaries' two: then each event is one data: line.
+        if boundaries < 1 or lines.count(b"\n") != boundaries:
+            return None
+        events.append(SseRun(complete, lines, boundaries + 1, self._last_id))
+        return chunk[end:].lstrip(b"\n")
+
+    def _buf_tail(self, tail: bytes) -> None:
+        if len(tail) > self._max:
+            self._fail(len(tail), complete=False)
+        self._buf += tail
+
+    def _split_general(self, chunk: bytes, events: list[SseEvent | SseRun]) -> bytes:
         size = len(chunk)
         start = 0
         # Next occurrence of each block-end pair (size if none), refreshed only once passed,
@@ -277,13 +349,17 @@ def _new_event(raw: bytes, data: str, event: str | None, id_: str | None) -> Sse
     return instance
 
 
-async def one_by_one(batches: AsyncIterator[list[SseEvent]]) -> AsyncIterator[SseEvent]:
-    """The events of `batches` (lists of events, one per upstream read) one by one; `batches` is
-    closed when this ends, early or not."""
+async def one_by_one(batches: AsyncIterator[list[SseEvent | SseRun]]) -> AsyncIterator[SseEvent]:
+    """The events of `batches` (lists of events and runs, one per upstream read) one by one; `batches`
+    is closed when this ends, early or not."""
     try:
         async for batch in batches:
             for event in batch:
-                yield event
+                if event.__class__ is SseRun:
+                    for one in event.events():  # type: ignore[union-attr]
+                        yield one
+                else:
+                    yield event  # type: ignore[misc]
     finally:
         await batches.aclose()  # type: ignore[attr-defined]
 

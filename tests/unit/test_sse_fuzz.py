@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.upstream.sse import SseEvent, SseParser, SseTooLarge
+from router.upstream.sse import SseEvent, SseParser, SseRun, SseTooLarge
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -201,3 +201,41 @@ def test_an_unterminated_block_over_the_limit_fails_instead_of_growing() -> None
             parser.feed(b"data: xxxxxxxx")
     with pytest.raises(SseTooLarge):
         parser.feed(b"\n\n")  # stays failed
+
+
+def parse_runs(chunks: list[bytes], limit: int) -> tuple[list[SseEvent] | str, bool]:
+    """What `SseParser(runs=True)` yields, runs taken apart into their events (or "too large")."""
+    parser, out = SseParser(limit, runs=True), []
+    try:
+        for piece in chunks:
+            for item in parser.feed(piece):
+                out.extend(item.events() if isinstance(item, SseRun) else [item])
+    except SseTooLarge:
+        return "too large", True
+    return out, parser.finish()
+
+
+@FUZZ
+@given(st.lists(st.sampled_from([b"data: ", b"data: {}", b"data:", b"\n", b"\n\n", b"\r", b":", b"event: x",
+                                 b"id: 1", b'{"a":1}', b"[DONE]", b"\xef\xbb\xbf", b"\xe2\x82", b" "])
+                | st.binary(max_size=8), max_size=80).map(b"".join),
+       st.lists(st.integers(1, 400), max_size=12), st.integers(1, 300))
+def test_runs_are_the_same_events_as_one_by_one(stream: bytes, cuts: list[int], limit: int) -> None:
+    # A run (a burst of one-line data: events kept as bytes) is only a grouping: taken apart, the events,
+    # their raw bytes and ids, the truncation and the size limit are exactly the per-event parser's.
+    chunks = chunked(stream, cuts)
+    plain: list[SseEvent] | str
+    try:
+        plain, truncated = parse(chunks, SseParser(limit))
+    except SseTooLarge:
+        plain, truncated = "too large", True
+    assert parse_runs(chunks, limit) == (plain, truncated)
+
+
+@FUZZ
+@given(json_event_streams(), st.data())
+def test_runs_of_json_events_are_the_same_events_as_one_by_one(sample: tuple[bytes, list[Any], list[int]],
+                                                                data: st.DataObject) -> None:
+    stream = sample[0]
+    chunks = chunked(stream, data.draw(st.lists(st.integers(1, max(1, len(stream))), max_size=6), label="splits"))
+    assert parse_runs(chunks, 1 << 20) == parse(chunks)
