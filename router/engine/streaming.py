@@ -16,8 +16,10 @@ like any other: errors, an error as the first event, a slow first token
 Malformed events are skipped and counted.
 
 The relay works a read at a time: what one upstream read brought (a batch of events)
-is checked event by event and passed on as one batch, so a server writes it to its
-client in one write, as a bare relay would (`ChatStream.batches`).
+is checked and passed on as one batch, so a server writes it to its client in one write,
+as a bare relay would (`ChatStream.batches`). A burst of one-line events in one read comes
+from the transport as an `SseRun`, checked in one pass when its events are plain content
+deltas (engine/plain_runs.py) and event by event otherwise.
 """
 
 from __future__ import annotations
@@ -44,20 +46,35 @@ from router.engine.hedging import run_attempts
 from router.engine.loop import Engine
 from router.engine.outcome import CANCELLED
 from router.engine.outcome import SUCCESS as SUCCESS_OUTCOME
+from router.engine.plain_runs import plain_text
 from router.engine.transcript import Transcript, is_empty_delta, payload_of
 from router.errors import RouterError, StreamInterrupted
 from router.request import ChatRequest
 from router.upstream.errors import FirstTokenTimeout, TransportError
-from router.upstream.sse import DONE_EVENT, SseEvent, encode_event, one_by_one
+from router.upstream.sse import DONE_EVENT, SseEvent, SseRun, encode_event, one_by_one
 
 _CLEAN_EOF_CUT = Verdict(Action.RETRY, Reason.STREAM_CUT, breaker_failure=True,
                          message="stream ended before finish_reason")
 _EMPTY_STREAM = Verdict(Action.RETRY, Reason.INVALID_RESPONSE, breaker_failure=True,
                         message="stream ended before its first event")
 _DONE = SseEvent(raw=DONE_EVENT, data="[DONE]")
+# How many events at the end of a run that ends with [DONE] are checked one by one: the finish_reason,
+# usage and [DONE] events a provider ends with, which a one-pass check (plain_runs) would refuse.
+_ENDING_EVENTS = 3
 
 # Decides the request's outcome (a label, or the exception it ended with) and returns unused client tokens.
 Finish = Callable[[Call, str | BaseException], None]
+
+
+@dataclass(slots=True)
+class _Plain:
+    """A run whose events were all shown to be plain content deltas, and their text."""
+
+    run: SseRun
+    texts: list[str]
+
+
+Batch = list[SseEvent | SseRun]
 
 
 @dataclass(slots=True)
@@ -65,8 +82,8 @@ class _Open:
     """A stream attempt that produced its first event (its attempt is committed)."""
 
     attempt: Attempt
-    batches: AsyncIterator[list[SseEvent]]
-    first: list[SseEvent]  # the rest of the batch, from the first event on (malformed ones before it skipped)
+    batches: AsyncIterator[Batch]
+    first: Batch  # the rest of the batch, from the first event on (malformed ones before it skipped)
     first_payload: dict[str, Any]
     first_at: float  # when the first event arrived: the start of the first chunk gap
     events_closed: bool = False
@@ -91,7 +108,7 @@ class ChatStream:
         self._started = False
         self._finished = False
         self._prefill: str | None = None
-        self._iterator: AsyncIterator[SseEvent] | AsyncIterator[list[SseEvent]] | None = None
+        self._iterator: AsyncIterator[SseEvent] | AsyncIterator[Batch] | None = None
         self.transcript = Transcript()
 
     # -- public surface ----------------------------------------------------------------------
@@ -129,9 +146,10 @@ class ChatStream:
             self._iterator = self._events()
         return self._iterator  # type: ignore[return-value]
 
-    def batches(self) -> AsyncIterator[list[SseEvent]]:
+    def batches(self) -> AsyncIterator[Batch]:
         """The same events, grouped as they arrived: one list per upstream read, for a server to write
-        to its client in one write. Iterate either this or the stream itself, not both."""
+        to its client in one write (each item's `raw`; a burst of plain events is one `SseRun`).
+        Iterate either this or the stream itself, not both."""
         if self._iterator is None:
             self._iterator = self._relay()
         return self._iterator  # type: ignore[return-value]
@@ -189,8 +207,7 @@ class ChatStream:
         return _Open(attempt=attempt, batches=batches, first=first, first_payload=payload,
                      first_at=engine.clock.monotonic())
 
-    async def _first_event(self, batches: AsyncIterator[list[SseEvent]],
-                           attempt: Attempt) -> tuple[list[SseEvent], dict]:
+    async def _first_event(self, batches: AsyncIterator[Batch], attempt: Attempt) -> tuple[Batch, dict]:
         """The batch from the first well-formed event on, and that event's payload."""
         call, engine = self._require_call(), self._engine
         ttft_s = call.route.ttft_s
@@ -207,7 +224,13 @@ class ChatStream:
                     attempt.fail(_EMPTY_STREAM)
                 except TimeoutError:
                     raise FirstTokenTimeout(f"no first token within {ttft_s}s") from None
-                for index, event in enumerate(batch):
+                index = -1
+                while (index := index + 1) < len(batch):
+                    event = batch[index]
+                    if event.__class__ is SseRun:  # the first event is checked on its own: take it out
+                        event, rest = event.split_first()  # type: ignore[union-attr]
+                        batch = [*batch[:index], event, *([rest] if rest is not None else ()), *batch[index + 1:]]
+                    assert event.__class__ is SseEvent
                     if event.is_done:
                         attempt.fail(_EMPTY_STREAM)
                     payload = payload_of(event)
@@ -223,7 +246,7 @@ class ChatStream:
             raise
 
     # -- after the commit point --------------------------------------------------------------
-    async def _relay(self) -> AsyncIterator[list[SseEvent]]:
+    async def _relay(self) -> AsyncIterator[Batch]:
         await self.start()
         transcript = self.transcript
         loads = jsonio.loads
@@ -235,10 +258,11 @@ class ChatStream:
                 continuing = self._prefill is not None
                 first = opened.first[0]
                 cut = None
-                batch: list[SseEvent] | None = opened.first
+                batch: Batch | None = opened.first
                 batches, provider = opened.batches, opened.attempt.target.provider
-                if len(batch) > 1:  # came with the first event: gaps of zero
-                    observer.stream_chunk_gap(provider, 0.0, len(batch) - 1)
+                count = _event_count(batch)
+                if count > 1:  # came with the first event: gaps of zero
+                    observer.stream_chunk_gap(provider, 0.0, count - 1)
                 last = opened.first_at
                 while True:
                     if batch is None:
@@ -253,10 +277,20 @@ class ChatStream:
                             cut = classify_exception(exc)
                             break
                         now = monotonic()
-                        observer.stream_chunk_gap(provider, now - last, len(batch))
+                        count = len(batch)
+                        final = batch[-1]
+                        if final.__class__ is SseRun:  # a run is always last
+                            count += final.count - 1  # type: ignore[union-attr]
+                        observer.stream_chunk_gap(provider, now - last, count)
                         last = now
-                    passed: list[SseEvent] = []
+                    if batch[-1].__class__ is SseRun:
+                        batch = self._screen(batch)
+                    passed: Batch = []
                     for event in batch:
+                        if event.__class__ is _Plain:  # checked as a whole: nothing in it but text
+                            transcript.track_plain(event.texts, event.run.count)  # type: ignore[union-attr]
+                            passed.append(event.run)  # type: ignore[union-attr]
+                            continue
                         if event.data == "[DONE]":  # SseEvent.is_done, without a call per event
                             await self._complete(opened)
                             passed.append(_DONE)
@@ -303,6 +337,26 @@ class ChatStream:
         finally:
             await self._abandon_current()
             self._finish(CANCELLED)
+
+    def _screen(self, batch: Batch) -> list:
+        """`batch` with its run (always last) either shown plain in one pass (a `_Plain`, with the events at
+        the end of a stream left out of it) or taken apart into events for the per-event checks."""
+        run: SseRun = batch[-1]  # type: ignore[assignment]
+        opened = self._open
+        assert opened is not None
+        # Per event when continuing (ids are rewritten), or while the stream's id is still to be learnt from
+        # an event (the first one's is, before any run: it is always checked on its own).
+        if self._prefill is not None or (self.transcript.id is None and
+                                         opened.first_payload.get("id").__class__ is not str):
+            return [*batch[:-1], *run.events()]
+        head, tail = run.split_last(_ENDING_EVENTS) if run.raw.endswith(DONE_EVENT) else (run, [])
+        texts = plain_text(head) if head is not None else None
+        if texts is None and not tail and run.count > _ENDING_EVENTS:  # it may end with a finish: once more
+            head, tail = run.split_last(_ENDING_EVENTS)
+            texts = plain_text(head)  # type: ignore[arg-type]
+        if texts is None:
+            return [*batch[:-1], *run.events()]
+        return [*batch[:-1], _Plain(head, texts), *tail]  # type: ignore[arg-type]
 
     async def _continue(self, opened: _Open, cut: Verdict) -> bool:
         """Record the cut, then try to resume on a prefill-capable target. False: end with an error."""
@@ -366,6 +420,11 @@ class ChatStream:
             return
         self._finished = True
         self._finish_call(self._call, outcome)
+
+
+def _event_count(batch: Batch) -> int:
+    final = batch[-1]
+    return len(batch) + (final.count - 1 if final.__class__ is SseRun else 0)  # type: ignore[union-attr]
 
 
 def _committed(attempt: Attempt) -> bool:

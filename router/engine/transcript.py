@@ -53,6 +53,11 @@ class Transcript:
                 if delta.get("tool_calls") or delta.get("function_call"):
                     self.continuable = False
 
+    def track_plain(self, texts: list[str], count: int) -> None:
+        """`count` events shown to carry nothing but these texts (engine/plain_runs.py)."""
+        self.chunks += count
+        self.text += texts
+
 
 def payload_of(event: SseEvent) -> dict[str, Any] | None:
     try:

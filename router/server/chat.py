@@ -21,9 +21,10 @@ from router.request import ChatRequest, clean_request_id, parse_chat_request
 from router.server.access_log import AccessRecord, log_access
 from router.server.answer import SSE_HEADERS, Answer, error_answer, router_error_answer, router_headers
 from router.server.context import ServerContext
+from router.upstream.sse import DONE_EVENT
 
 if TYPE_CHECKING:
-    from router import SseEvent
+    from router.upstream.sse import SseEvent, SseRun
 
 log = logging.getLogger("router.server")
 
@@ -116,10 +117,11 @@ def events(answer: Answer) -> AsyncIterator[tuple[bytes, bool]]:
     return _Pieces(answer.stream.batches())
 
 
-def piece(batch: list[SseEvent]) -> tuple[bytes, bool]:
-    """One read's events as the bytes to write, and whether they end the stream."""
+def piece(batch: list[SseEvent | SseRun]) -> tuple[bytes, bool]:
+    """One read's events as the bytes to write, and whether they end the stream (a stream's end is its
+    own `[DONE]` event, never inside a run)."""
     return (batch[0].raw if len(batch) == 1 else b"".join([event.raw for event in batch]),
-            batch[-1].data == "[DONE]")
+            batch[-1].raw == DONE_EVENT)
 
 
 class _Pieces:
@@ -127,7 +129,7 @@ class _Pieces:
 
     __slots__ = ("_batches",)
 
-    def __init__(self, batches: AsyncIterator[list[SseEvent]]) -> None:
+    def __init__(self, batches: AsyncIterator[list[SseEvent | SseRun]]) -> None:
         self._batches = batches
 
     def __aiter__(self) -> _Pieces:

@@ -30,7 +30,7 @@ from router.upstream.aiohttp_client import AiohttpClient
 from router.upstream.client import Body, Client
 from router.upstream.errors import BodyCut, ConnectFailed, FirstByteTimeout, IdleTimeout, TransportError
 from router.upstream.fast_client import FastClient
-from router.upstream.sse import SseEvent, SseParser, one_by_one
+from router.upstream.sse import DONE_EVENT, SseEvent, SseParser, SseRun, one_by_one
 
 REDACTED = b"[redacted]"
 # Shorter header values are not scrubbed: replacing a 2-character value everywhere would mangle
@@ -157,13 +157,13 @@ class _Batches:
 
     def __init__(self, reply: _HttpReply) -> None:
         self._reply = reply
-        self._parser = SseParser()
+        self._parser = SseParser(runs=True)
         self._ended = False
 
     def __aiter__(self) -> _Batches:
         return self
 
-    async def __anext__(self) -> list[SseEvent]:
+    async def __anext__(self) -> list[SseEvent | SseRun]:
         if self._ended:
             raise StopAsyncIteration
         reply, parser = self._reply, self._parser
@@ -183,9 +183,18 @@ class _Batches:
             raise
         secrets = reply._secrets
         if secrets:
-            events = [_scrub_event(event, secrets) if any(secret in event.raw for secret in secrets)
+            final = events[-1]
+            if final.__class__ is SseRun and any(secret in final.raw for secret in secrets):
+                events = [*events[:-1], *final.events()]  # type: ignore[union-attr]  # scrubbed one by one
+            events = [_scrub_event(event, secrets) if any(secret in event.raw for secret in secrets)  # type: ignore[arg-type]
                       else event for event in events]
-        if b"[DONE]" in chunk and (events[-1].data == "[DONE]" or any(event.is_done for event in events)):
+        # [DONE] ends the stream (the connection may be reused once its terminator follows): as the last event
+        # of the read, where it comes; one inside a run, with events after it, is not looked for.
+        final = events[-1]
+        if final.__class__ is SseRun:
+            if final.raw.endswith(DONE_EVENT) or (len(events) > 1 and any(event.is_done for event in events[:-1])):  # type: ignore[union-attr]
+                reply._done = True
+        elif final.data == "[DONE]" or (len(events) > 1 and any(event.is_done for event in events)):  # type: ignore[union-attr]
             reply._done = True
         return events
 

@@ -18,7 +18,7 @@ from router.clock import FakeClock
 from router.observe.observer import Observer
 from router.policy.model import BreakerPolicy, Policy, Provider, RetryBudget, RetryPolicy, Route, Target
 from router.upstream.errors import TransportError
-from router.upstream.sse import SseEvent, SseParser
+from router.upstream.sse import SseEvent, SseParser, SseRun
 from router.upstream.transport import Outgoing
 
 SEED = 1
@@ -48,26 +48,28 @@ class MemoryReply:
     async def read(self) -> bytes:
         return self.body
 
-    async def batches(self) -> AsyncIterator[list[SseEvent]]:
-        """`per_read` events a batch, as if each upstream read had brought that many."""
+    async def batches(self) -> AsyncIterator[list[SseEvent | SseRun]]:
+        """`per_read` events a batch, as if each upstream read had brought that many: grouped as the
+        transport groups a read (a burst of one-line events is one `SseRun`)."""
+        reads = SseParser(runs=True)
         batch: list[SseEvent] = []
         for index, event in enumerate(SseParser().feed(self.body)):
             stop = (self.hang_after is not None and index >= self.hang_after) or \
                 (self.fail_after is not None and index >= self.fail_after)
             if stop:
                 if batch:
-                    yield batch
+                    yield reads.feed(b"".join(event.raw for event in batch))
                     batch = []
                 if self.hang_after is not None and index >= self.hang_after:
                     await asyncio.get_running_loop().create_future()
                 assert self.failure is not None
                 raise self.failure
-            batch.append(event)
+            batch.append(event)  # type: ignore[arg-type]
             if len(batch) >= self.per_read:
-                yield batch
+                yield reads.feed(b"".join(event.raw for event in batch))
                 batch = []
         if batch:
-            yield batch
+            yield reads.feed(b"".join(event.raw for event in batch))
         if self.fail_after is not None and self.failure is not None:
             raise self.failure
 

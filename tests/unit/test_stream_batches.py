@@ -9,12 +9,16 @@ metric has one observation per event after the first. Each test runs with one ev
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from router import StreamInterrupted
 from router.policy.model import Target
+from router.upstream.sse import SseRun
 from tests.metrics.helpers import CountingObserver
 from tests.support.memory import REQUEST, MemoryReply, ScriptedTransport, harness, sse_body, stream_reply
 
@@ -48,7 +52,8 @@ async def relay(reply: MemoryReply, *, batches: bool = False, **scripts: list[Me
     async with h.router.stream({**REQUEST, "stream": True}) as stream:
         if batches:
             async for batch in stream.batches():
-                grouped.append([event.data for event in batch])
+                grouped.append([event.data for item in batch  # a run is a burst of plain events: its events
+                                for event in (item.events() if isinstance(item, SseRun) else [item])])
                 seen.extend(grouped[-1])
         else:
             async for event in stream:
@@ -112,3 +117,45 @@ async def test_a_read_without_finish_or_done_at_the_end_is_a_truncation(per_read
             async for event in stream:
                 seen.append(event.data)
     assert "[DONE]" not in seen and json.loads(seen[-1])["error"]["code"] == "stream_interrupted"
+
+
+def event_bytes(kind: str, index: int) -> bytes:
+    if kind == "text":
+        return chunk(f"w{index} ")
+    payload = {"malformed": b"{not json", "empty": b"", "finish": json.dumps(
+        {"id": "s1", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}).encode(),
+        "usage": json.dumps({"id": "s1", "choices": [],
+                             "usage": {"prompt_tokens": 1, "completion_tokens": 2}}).encode(),
+        "error": json.dumps({"error": {"message": "boom", "type": "server_error"}}).encode(),
+        "tool": json.dumps({"id": "s1", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0}]}}]}).encode(),
+        "done": b"[DONE]"}[kind]
+    return b"data: " + payload + b"\n\n"
+
+
+async def outcome(body: bytes, per_read: int) -> tuple[list[str], str | None, list[str], list[str]]:
+    """What the caller sees, how the stream ended, and what was counted malformed and continued."""
+    rest = stream_reply(sse_body(["rest."]))
+    observer = CountingObserver()
+    transport = ScriptedTransport(a=[stream_reply(body, per_read=per_read)], b=[rest])
+    h = harness([A, B], transport, observer=observer, prefill={"a", "b"})
+    seen: list[str] = []
+    error = None
+    try:
+        async with h.router.stream({**REQUEST, "stream": True}) as stream:
+            async for event in stream:
+                seen.append(event.data)
+    except Exception as exc:  # the same exception either way
+        error = type(exc).__name__
+    return seen, error, observer.malformed, transport.providers
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(["text"] * 6 + ["malformed", "empty", "finish", "usage", "error", "tool", "done"]),
+                min_size=1, max_size=14),
+       st.sampled_from([2, 3, 5, 100]))
+def test_any_stream_reaches_the_caller_the_same_in_one_read_as_one_event_per_read(kinds: list[str],
+                                                                                  per_read: int) -> None:
+    # Reads of several events come as runs, which the relay checks in one pass when they are plain text:
+    # whatever the mix, the caller must see exactly what it sees when every event is checked on its own.
+    body = chunk("first ") + b"".join(event_bytes(kind, index) for index, kind in enumerate(kinds))
+    assert asyncio.run(outcome(body, per_read)) == asyncio.run(outcome(body, 1))

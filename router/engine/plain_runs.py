@@ -1,0 +1,59 @@
+"""A run of stream events checked in one pass: the relay's per-read shortcut.
+
+The relay checks every event after the commit point: a malformed one is skipped, an error ends the
+stream, a `finish_reason`, usage, tool calls or a second choice change what the transcript knows.
+Most events of a burst are none of these: plain content deltas. `plain_text` proves that for a
+whole `SseRun` at once, with msgspec decoding the run's payloads (one per line) into types that
+admit only such deltas: `null` or absent for everything else, index 0, text content. A decode
+that succeeds means each event would have passed the per-event checks with no effect but its
+text and its count; anything else (one malformed event, an error, a finish) and the caller
+checks the run event by event as before. msgspec rejects whatever orjson and `json` would both
+reject, and a few things they accept (NaN, lone surrogates, nesting past 1,000 levels), which
+then take the per-event path: never the other way around (tests/unit/test_plain_runs.py).
+
+Measured on this machine: ~0.6 µs per event (the parser's line split, the decode, the text),
+against ~2 µs for the per-event path (bench/README.md).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from router.upstream.sse import SseRun
+
+
+class _Delta(msgspec.Struct, gc=False):
+    content: str | None = None
+    tool_calls: None = None
+    function_call: None = None
+
+
+class _Choice(msgspec.Struct, gc=False):
+    index: Literal[0] = 0
+    finish_reason: None = None
+    delta: _Delta | None = None
+
+
+class _Chunk(msgspec.Struct, gc=False):
+    choices: list[_Choice] | None = None
+    error: None = None
+    usage: None = None
+
+
+# gc=False: they hold no reference cycles (strings, and lists of each other), and a run of 2,000 events
+# makes 8,000 of them, which would set off the garbage collector several times: 1.0 -> 0.4 µs an event.
+_DECODER = msgspec.json.Decoder(_Chunk)
+
+
+def plain_text(run: SseRun) -> list[str] | None:
+    """The content of `run`'s events in order, if every one is a plain content delta; None otherwise."""
+    try:
+        chunks = _DECODER.decode_lines(run.lines)
+    except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
+        return None
+    if len(chunks) != run.count:  # an empty payload: a malformed event, which decode_lines skips
+        return None
+    return [delta.content for chunk in chunks if chunk.choices for choice in chunk.choices
+            if (delta := choice.delta) is not None and delta.content is not None]
