@@ -17,11 +17,26 @@ against ~2 µs for the per-event path (bench/README.md).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import msgspec
 
-from router.upstream.sse import SseRun
+from router.upstream.sse import DONE_EVENT, SseEvent, SseRun
+
+Batch = list[SseEvent | SseRun]  # what one upstream read brought; a run is always last
+
+# How many events at the end of a run that ends with [DONE] are checked one by one: the finish_reason,
+# usage and [DONE] events a provider ends with, which the one-pass check would refuse.
+_ENDING_EVENTS = 3
+
+
+@dataclass(slots=True)
+class Plain:
+    """A run whose events were all shown to be plain content deltas, and their text."""
+
+    run: SseRun
+    texts: list[str]
 
 
 class _Delta(msgspec.Struct, gc=False):
@@ -57,3 +72,24 @@ def plain_text(run: SseRun) -> list[str] | None:
         return None
     return [delta.content for chunk in chunks if chunk.choices for choice in chunk.choices
             if (delta := choice.delta) is not None and delta.content is not None]
+
+
+def screen(batch: Batch, *, per_event: bool) -> list[SseEvent | Plain]:
+    """`batch` with its run either shown plain in one pass (a `Plain`, the events at the end of a stream
+    left out of it) or taken apart into events for the per-event checks (always, with `per_event`)."""
+    run: SseRun = batch[-1]  # type: ignore[assignment]
+    if per_event:
+        return [*batch[:-1], *run.events()]  # type: ignore[list-item]
+    head, tail = run.split_last(_ENDING_EVENTS) if run.raw.endswith(DONE_EVENT) else (run, [])
+    texts = plain_text(head) if head is not None else None
+    if texts is None and not tail and run.count > _ENDING_EVENTS:  # it may end with a finish: once more
+        head, tail = run.split_last(_ENDING_EVENTS)
+        texts = plain_text(head)  # type: ignore[arg-type]
+    if texts is None:
+        return [*batch[:-1], *run.events()]  # type: ignore[list-item]
+    return [*batch[:-1], Plain(head, texts), *tail]  # type: ignore[arg-type, list-item]
+
+
+def event_count(batch: Batch) -> int:
+    final = batch[-1]
+    return len(batch) + (final.count - 1 if final.__class__ is SseRun else 0)  # type: ignore[union-attr]

@@ -46,7 +46,7 @@ from router.engine.hedging import run_attempts
 from router.engine.loop import Engine
 from router.engine.outcome import CANCELLED
 from router.engine.outcome import SUCCESS as SUCCESS_OUTCOME
-from router.engine.plain_runs import plain_text
+from router.engine.plain_runs import Batch, Plain, event_count, screen
 from router.engine.transcript import Transcript, is_empty_delta, payload_of
 from router.errors import RouterError, StreamInterrupted
 from router.request import ChatRequest
@@ -58,23 +58,9 @@ _CLEAN_EOF_CUT = Verdict(Action.RETRY, Reason.STREAM_CUT, breaker_failure=True,
 _EMPTY_STREAM = Verdict(Action.RETRY, Reason.INVALID_RESPONSE, breaker_failure=True,
                         message="stream ended before its first event")
 _DONE = SseEvent(raw=DONE_EVENT, data="[DONE]")
-# How many events at the end of a run that ends with [DONE] are checked one by one: the finish_reason,
-# usage and [DONE] events a provider ends with, which a one-pass check (plain_runs) would refuse.
-_ENDING_EVENTS = 3
 
 # Decides the request's outcome (a label, or the exception it ended with) and returns unused client tokens.
 Finish = Callable[[Call, str | BaseException], None]
-
-
-@dataclass(slots=True)
-class _Plain:
-    """A run whose events were all shown to be plain content deltas, and their text."""
-
-    run: SseRun
-    texts: list[str]
-
-
-Batch = list[SseEvent | SseRun]
 
 
 @dataclass(slots=True)
@@ -260,7 +246,7 @@ class ChatStream:
                 cut = None
                 batch: Batch | None = opened.first
                 batches, provider = opened.batches, opened.attempt.target.provider
-                count = _event_count(batch)
+                count = event_count(batch)
                 if count > 1:  # came with the first event: gaps of zero
                     observer.stream_chunk_gap(provider, 0.0, count - 1)
                 last = opened.first_at
@@ -284,10 +270,13 @@ class ChatStream:
                         observer.stream_chunk_gap(provider, now - last, count)
                         last = now
                     if batch[-1].__class__ is SseRun:
-                        batch = self._screen(batch)
+                        # Per event when continuing (ids are rewritten), or while the stream's id is still to
+                        # be learnt from an event (the first one's is, before any run: it is checked alone).
+                        batch = screen(batch, per_event=continuing or (
+                            transcript.id is None and opened.first_payload.get("id").__class__ is not str))
                     passed: Batch = []
                     for event in batch:
-                        if event.__class__ is _Plain:  # checked as a whole: nothing in it but text
+                        if event.__class__ is Plain:  # checked as a whole: nothing in it but text
                             transcript.track_plain(event.texts, event.run.count)  # type: ignore[union-attr]
                             passed.append(event.run)  # type: ignore[union-attr]
                             continue
@@ -337,26 +326,6 @@ class ChatStream:
         finally:
             await self._abandon_current()
             self._finish(CANCELLED)
-
-    def _screen(self, batch: Batch) -> list:
-        """`batch` with its run (always last) either shown plain in one pass (a `_Plain`, with the events at
-        the end of a stream left out of it) or taken apart into events for the per-event checks."""
-        run: SseRun = batch[-1]  # type: ignore[assignment]
-        opened = self._open
-        assert opened is not None
-        # Per event when continuing (ids are rewritten), or while the stream's id is still to be learnt from
-        # an event (the first one's is, before any run: it is always checked on its own).
-        if self._prefill is not None or (self.transcript.id is None and
-                                         opened.first_payload.get("id").__class__ is not str):
-            return [*batch[:-1], *run.events()]
-        head, tail = run.split_last(_ENDING_EVENTS) if run.raw.endswith(DONE_EVENT) else (run, [])
-        texts = plain_text(head) if head is not None else None
-        if texts is None and not tail and run.count > _ENDING_EVENTS:  # it may end with a finish: once more
-            head, tail = run.split_last(_ENDING_EVENTS)
-            texts = plain_text(head)  # type: ignore[arg-type]
-        if texts is None:
-            return [*batch[:-1], *run.events()]
-        return [*batch[:-1], _Plain(head, texts), *tail]  # type: ignore[arg-type]
 
     async def _continue(self, opened: _Open, cut: Verdict) -> bool:
         """Record the cut, then try to resume on a prefill-capable target. False: end with an error."""
@@ -420,11 +389,6 @@ class ChatStream:
             return
         self._finished = True
         self._finish_call(self._call, outcome)
-
-
-def _event_count(batch: Batch) -> int:
-    final = batch[-1]
-    return len(batch) + (final.count - 1 if final.__class__ is SseRun else 0)  # type: ignore[union-attr]
 
 
 def _committed(attempt: Attempt) -> bool:
