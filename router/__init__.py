@@ -19,7 +19,7 @@ from router.errors import (
 )
 from router.policy import Policy, load_policy
 from router.router import Router
-from router.upstream.sse import SseEvent
+from router.upstream.sse import SseEvent, SseRun
 
 __all__ = [
     "ChatResult",
@@ -33,6 +33,7 @@ __all__ = [
     "Router",
     "RouterError",
     "SseEvent",
+    "SseRun",
     "StreamInterrupted",
     "UnknownRoute",
     "UpstreamError",
