@@ -64,11 +64,18 @@ _DECODER = msgspec.json.Decoder(_Chunk)
 
 def plain_text(run: SseRun) -> list[str] | None:
     """The content of `run`'s events in order, if every one is a plain content delta; None otherwise."""
+    lines = run.lines
+    # decode_lines reads whitespace-separated values, not one value a line: `{}{}` is two, a blank line none,
+    # and a value may go on over a line break. So every line must start with { and end with }: a value never
+    # spans "}\n{" (a string holds no raw line break; in a container, } then { is invalid), so each line is
+    # whole values, at least one, and as many values as lines means exactly one each.
+    if lines[:1] != b"{" or lines[-1:] != b"}" or lines.count(b"}\n{") != run.count - 1:
+        return None
     try:
-        chunks = _DECODER.decode_lines(run.lines)
+        chunks = _DECODER.decode_lines(lines)
     except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
         return None
-    if len(chunks) != run.count:  # an empty payload: a malformed event, which decode_lines skips
+    if len(chunks) != run.count:
         return None
     return [delta.content for chunk in chunks if chunk.choices for choice in chunk.choices
             if (delta := choice.delta) is not None and delta.content is not None]

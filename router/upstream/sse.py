@@ -72,6 +72,8 @@ class SseRun:
 
     def split_last(self, count: int) -> tuple[SseRun | None, list[SseEvent]]:
         """The run without its last `count` events (None if nothing is left), and those events."""
+        if count <= 0:
+            return self, []
         if count >= self.count:
             return None, self.events()
         lines = self.lines

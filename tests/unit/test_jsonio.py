@@ -41,6 +41,10 @@ def test_integers_beyond_64_bits_are_the_documented_difference() -> None:
     assert jsonio.loads(b'{"n": -9223372036854775808}') == {"n": -(2**63)}
     assert isinstance(jsonio.loads(b'{"n": -9223372036854775809}')["n"], float)
     assert jsonio.loads(f'{{"n": {10**30}}}'.encode()) == {"n": 1e30}  # hence not used where numbers matter
+    # Past a float's range orjson refuses, and `json` decodes; past the 4,300 digits Python converts, as a
+    # float too (inf), so the document stays valid JSON (engine/plain_runs.py relies on it).
+    assert jsonio.loads(b'{"n": ' + b"1" * 400 + b"}") == {"n": int("1" * 400)}
+    assert jsonio.loads(b'{"n": ' + b"1" * 4301 + b"}") == {"n": float("inf")}
 
 
 @pytest.mark.parametrize("data", [b"", b"{", b'{"a": 1,}', b"\xff\xfe", b"nul"])

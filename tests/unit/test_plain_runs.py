@@ -74,7 +74,10 @@ def payloads(draw: st.DrawFn) -> bytes:
                                      b'{"x":' + b"[" * 990 + b"]" * 990 + b"}",
                                      b'{"choices":[{"delta":{"cont\\u0065nt":"e"}}]}',
                                      b'{"choices":[{"delta":{"content":"\xff"}}]}', b'{"x":"\xff"}',
-                                     b'{"x":12345678901234567890123456789}', b'[DONE]', b" ", b"\t{}"]))
+                                     b'{"x":12345678901234567890123456789}', b'[DONE]', b" ", b"\t{}",
+                                     b"{}{}", b"{} {}", b'{"choices":[{"delta":{"content":"X"}}]}{}', b"}",
+                                     b'{"choices":[{"delta":{"content":"X"}}]', b'{"x":[', b"]}",
+                                     b'{"n":' + b"1" * 4301 + b"}"]))
     chunk = delta_chunk(draw(st.text(max_size=5) | EDGES))
     choice = chunk["choices"][0]
     for _ in range(draw(st.integers(0, 3))):
@@ -123,3 +126,30 @@ def test_every_event_that_changes_more_than_the_text_makes_the_run_not_plain() -
             if special == b"":  # an empty payload: only inside, or the run would end at a blank line
                 events = [plain, b" ", plain]
             assert plain_text(run_of(events)) is None, (special, events)
+
+
+def test_values_that_do_not_line_up_with_events_make_the_run_not_plain() -> None:
+    # decode_lines reads whitespace-separated values: two values in one event, compensated by an empty event
+    # (or one value spread over two events), would count right while every one of those events is malformed.
+    text = dumps(delta_chunk("X"))
+    for events in ([text, text + text, b" ", text], [text, text + b" " + text, b"  ", text],
+                   [text, b'{"choices":[{"delta":{"content":"X"}}]', b"}", b"{}{}", text],
+                   [text, b'{"x":[[', b"]]}", b"{}],[{}", text]):
+        assert plain_text(run_of(events)) is None, events
+        assert per_event(run_of(events)) is None  # and the per-event path finds a malformed event
+
+
+def test_an_integer_too_long_for_python_is_valid_json_on_both_paths() -> None:
+    # Python refuses to convert integers over 4,300 digits; the per-event path decodes one as a float (as
+    # orjson does integers beyond 64 bits), so the event is relayed either way.
+    events = [dumps(delta_chunk("a")), b'{"n":' + b"1" * 4301 + b',"choices":[{"delta":{"content":"X"}}]}']
+    assert plain_text(run_of(events)) == ["a", "X"]
+    transcript = per_event(run_of(events))
+    assert transcript is not None and transcript.text == ["a", "X"]
+
+
+def test_split_last_of_nothing_keeps_the_whole_run() -> None:
+    run = run_of([b'{"a":1}', b'{"b":2}'])
+    assert run.split_last(0) == (run, [])
+    head, tail = run.split_last(1)
+    assert head is not None and head.events() == run.events()[:1] and tail == run.events()[1:]

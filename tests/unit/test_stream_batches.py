@@ -128,7 +128,8 @@ def event_bytes(kind: str, index: int) -> bytes:
                              "usage": {"prompt_tokens": 1, "completion_tokens": 2}}).encode(),
         "error": json.dumps({"error": {"message": "boom", "type": "server_error"}}).encode(),
         "tool": json.dumps({"id": "s1", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0}]}}]}).encode(),
-        "done": b"[DONE]"}[kind]
+        "done": b"[DONE]", "two": b'{"choices":[{"delta":{"content":"X"}}]}{}', "opened": b'{"choices":[{"delta":[',
+        "closed": b"]}]}", "huge": b'{"n":' + b"1" * 4301 + b',"choices":[{"delta":{"content":"H"}}]}'}[kind]
     return b"data: " + payload + b"\n\n"
 
 
@@ -150,7 +151,8 @@ async def outcome(body: bytes, per_read: int) -> tuple[list[str], str | None, li
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.sampled_from(["text"] * 6 + ["malformed", "empty", "finish", "usage", "error", "tool", "done"]),
+@given(st.lists(st.sampled_from(["text"] * 6 + ["malformed", "empty", "finish", "usage", "error", "tool", "done",
+                                                 "two", "opened", "closed", "huge"]),
                 min_size=1, max_size=14),
        st.sampled_from([2, 3, 5, 100]))
 def test_any_stream_reaches_the_caller_the_same_in_one_read_as_one_event_per_read(kinds: list[str],
@@ -159,3 +161,13 @@ def test_any_stream_reaches_the_caller_the_same_in_one_read_as_one_event_per_rea
     # whatever the mix, the caller must see exactly what it sees when every event is checked on its own.
     body = chunk("first ") + b"".join(event_bytes(kind, index) for index, kind in enumerate(kinds))
     assert asyncio.run(outcome(body, per_read)) == asyncio.run(outcome(body, 1))
+
+
+@pytest.mark.parametrize("kinds", [["text", "two", "empty", "text", "finish", "done"],
+                                   ["text", "opened", "closed", "two", "text"],
+                                   ["text", "huge", "text", "finish", "done"]])
+async def test_events_whose_values_do_not_line_up_reach_the_caller_as_one_by_one(kinds: list[str]) -> None:
+    # Found in review: a run decoded as whitespace-separated values could count right while its events were
+    # malformed, and an integer over 4,300 digits made an event malformed on one path only.
+    body = chunk("first ") + b"".join(event_bytes(kind, index) for index, kind in enumerate(kinds))
+    assert await outcome(body, 100) == await outcome(body, 1)
