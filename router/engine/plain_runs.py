@@ -11,7 +11,7 @@ checks the run event by event as before. msgspec rejects whatever orjson and `js
 reject, and a few things they accept (NaN, lone surrogates, nesting past 1,000 levels), which
 then take the per-event path: never the other way around (tests/unit/test_plain_runs.py).
 
-Measured on this machine: ~0.6 µs per event (the parser's line split, the decode, the text),
+Measured on this machine: ~0.8 µs per event (the parser's line split, the one-value-a-line check, the decode, the text),
 against ~2 µs for the per-event path (bench/README.md).
 """
 
