@@ -6,6 +6,7 @@ this returns and never sees a YAML error.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -17,6 +18,17 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 EMPTY = object()  # a file with no document at all, told apart from a literal `null`
+
+
+def read_file(source: str, what: str) -> str:
+    """The text of a YAML file; ValueError with the reason (not UTF-8, cannot read `what`), for the caller
+    to raise as its own typed error naming `source`."""
+    try:
+        return Path(source).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"the file is not valid UTF-8 ({error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise ValueError(f"cannot read {what}: {error.strerror or error}") from None
 
 
 class _StrictLoader(yaml.SafeLoader):

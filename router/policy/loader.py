@@ -20,14 +20,13 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import replace
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from router.errors import PolicyError
 from router.policy import _fields as f
 from router.policy._fields import Invalid
-from router.policy._yaml import EMPTY, read_yaml
+from router.policy._yaml import EMPTY, read_file, read_yaml
 from router.policy.model import (
     AdaptivePolicy,
     AdminPolicy,
@@ -57,12 +56,9 @@ def load_policy(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
     """Read and validate a policy file. `env` (default: os.environ) supplies the secrets."""
     source = os.fspath(path)
     try:
-        text = Path(source).read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise PolicyError(f"the file is not valid UTF-8 ({error.reason} at byte {error.start})",
-                          source=source) from None
-    except OSError as error:
-        raise PolicyError(f"cannot read the policy file: {error.strerror or error}", source=source) from None
+        text = read_file(source, "the policy file")
+    except ValueError as error:
+        raise PolicyError(str(error), source=source) from None
     return parse_policy(text, source=source, env=env)
 
 

@@ -22,13 +22,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from router.policy import _fields as f
 from router.policy._fields import Invalid
-from router.policy._yaml import EMPTY, read_yaml
+from router.policy._yaml import EMPTY, read_file, read_yaml
 from router.policy.model import Policy
 from router.sim.latency import LogNormal
 
@@ -94,12 +93,9 @@ def load_profile(path: str | os.PathLike[str]) -> FaultProfile:
     """Read and validate a fault profile file (raises FaultProfileError naming the key path)."""
     source = os.fspath(path)
     try:
-        text = Path(source).read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise FaultProfileError(f"the file is not valid UTF-8 ({error.reason} at byte {error.start})",
-                                source=source) from None
-    except OSError as error:
-        raise FaultProfileError(f"cannot read the fault profile: {error.strerror or error}", source=source) from None
+        text = read_file(source, "the fault profile")
+    except ValueError as error:
+        raise FaultProfileError(str(error), source=source) from None
     return parse_profile(text, source=source)
 
 
