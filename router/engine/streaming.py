@@ -246,8 +246,7 @@ class ChatStream:
                 cut = None
                 batch: Batch | None = opened.first
                 batches, provider = opened.batches, opened.attempt.target.provider
-                count = event_count(batch)
-                if count > 1:  # came with the first event: gaps of zero
+                if (count := event_count(batch)) > 1:  # came with the first event: gaps of zero
                     observer.stream_chunk_gap(provider, 0.0, count - 1)
                 last = opened.first_at
                 while True:
@@ -263,11 +262,7 @@ class ChatStream:
                             cut = classify_exception(exc)
                             break
                         now = monotonic()
-                        count = len(batch)
-                        final = batch[-1]
-                        if final.__class__ is SseRun:  # a run is always last
-                            count += final.count - 1  # type: ignore[union-attr]
-                        observer.stream_chunk_gap(provider, now - last, count)
+                        observer.stream_chunk_gap(provider, now - last, event_count(batch))
                         last = now
                     if batch[-1].__class__ is SseRun:
                         # Per event when continuing (ids are rewritten), or while the stream's id is still to
