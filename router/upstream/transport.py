@@ -28,9 +28,16 @@ from router.errors import RouterError
 from router.policy.model import Provider
 from router.upstream.aiohttp_client import AiohttpClient
 from router.upstream.client import Body, Client
-from router.upstream.errors import BodyCut, ConnectFailed, FirstByteTimeout, IdleTimeout, TransportError
+from router.upstream.errors import (
+    BodyCut,
+    ConnectFailed,
+    FirstByteTimeout,
+    IdleTimeout,
+    ResponseTooLarge,
+    TransportError,
+)
 from router.upstream.fast_client import FastClient
-from router.upstream.sse import DONE_EVENT, SseEvent, SseParser, SseRun, one_by_one
+from router.upstream.sse import DONE_EVENT, SseEvent, SseParser, SseRun, SseTooLarge, one_by_one
 
 REDACTED = b"[redacted]"
 # Shorter header values are not scrubbed: replacing a 2-character value everywhere would mangle
@@ -177,6 +184,10 @@ class _Batches:
                 events = parser.feed(chunk)
                 if events:
                     break
+        except SseTooLarge as exc:  # a provider's fault, like any other answer over a limit: fail over
+            self._ended = True
+            reply.close()
+            raise ResponseTooLarge(str(exc)) from None
         except BaseException:
             self._ended = True
             reply.close()

@@ -5,6 +5,7 @@ from /proc while they misbehave."""
 from __future__ import annotations
 
 import asyncio
+import json
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,17 @@ import pytest
 
 from tests.support.daemon import DaemonProcess
 from tests.support.policies import policy_text, provider_block, route_block
-from tests.support.wire_server import Handler, Peer, Request, ScriptedServer, response
+from tests.support.wire_server import (
+    LAST_CHUNK,
+    Handler,
+    Peer,
+    Request,
+    ScriptedServer,
+    chunk,
+    chunked_head,
+    dribble,
+    response,
+)
 
 BOMB_MIB = 200
 LIMIT = 8 * 1024 * 1024  # max_response_bytes of the hostile provider
@@ -107,3 +118,67 @@ async def test_the_bomb_is_what_it_says(bomb: bytes) -> None:
     inflated = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(bomb, 2 << 20)
     assert inflated == b"\0" * (2 << 20)
     await asyncio.sleep(0)
+
+
+def _event(text: str) -> bytes:
+    return (b'data: {"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": '
+            b'{"content": "%s"}, "finish_reason": null}]}\n\n' % text.encode())
+
+
+def stream_with_a_huge_event(at: int) -> Handler:
+    """A stream whose event number `at` holds 2 MiB of text: over the 1 MiB one event may hold."""
+    async def handle(request: Request, peer: Peer) -> None:
+        events = [_event("one"), _event("two"), _event("three")]
+        events.insert(at, _event("b" * (2 << 20)))
+        await dribble(peer.writer, chunked_head(), *(chunk(event) for event in events),
+                      chunk(b"data: [DONE]\n\n"), LAST_CHUNK)
+
+    return handle
+
+
+async def _stream_ok(request: Request, peer: Peer) -> None:
+    await dribble(peer.writer, chunked_head(), chunk(_event("fine")), chunk(b"data: [DONE]\n\n"), LAST_CHUNK)
+
+
+@pytest.mark.parametrize("client", ["fast", "aiohttp"])
+async def test_an_event_over_its_limit_before_the_commit_point_fails_over(client: str, tmp_path: Path) -> None:
+    # Before the fix the parser's SseTooLarge escaped the transport: a 500 internal_error, no failover.
+    hostile = await serve(stream_with_a_huge_event(0))
+    backup = await serve(_stream_ok)
+    text = policy_text(
+        {"hostile": provider_block(hostile.base_url, keyed=False, http_client=client),
+         "backup": provider_block(backup.base_url, keyed=False)},
+        {"chat": route_block(("hostile", "m"), ("backup", "m"), retry={"max_attempts": 2})})
+    try:
+        async with DaemonProcess(text, tmp_path) as daemon, aiohttp.ClientSession() as http:
+            async with http.post(daemon.chat_url, json={"model": "chat", "stream": True, "messages": [
+                    {"role": "user", "content": "hi"}]}) as answer:
+                body = await answer.read()
+                assert answer.status == 200, body
+                assert answer.headers["x-router-provider"] == "backup"
+            lines = await daemon.wait_access_lines(1)
+    finally:
+        await hostile.close()
+        await backup.close()
+    assert b'"fine"' in body and body.endswith(b"data: [DONE]\n\n")
+    assert lines[0]["outcome"] == "success" and lines[0]["attempts"] == 2
+
+
+@pytest.mark.parametrize("client", ["fast", "aiohttp"])
+async def test_an_event_over_its_limit_after_the_commit_point_ends_the_stream_with_an_error(
+        client: str, tmp_path: Path) -> None:
+    # Before the fix the chunked answer was cut with no error event and no terminator.
+    hostile = await serve(stream_with_a_huge_event(1))
+    text = policy_text({"hostile": provider_block(hostile.base_url, keyed=False, http_client=client)},
+                       {"chat": route_block(("hostile", "m"))})
+    try:
+        async with DaemonProcess(text, tmp_path) as daemon, aiohttp.ClientSession() as http, http.post(
+                daemon.chat_url, json={"model": "chat", "stream": True, "messages": [
+                    {"role": "user", "content": "hi"}]}) as answer:
+            body = await answer.read()  # raises if the chunked answer has no terminator
+            assert answer.status == 200
+    finally:
+        await hostile.close()
+    events = [line[6:] for line in body.decode().split("\n\n") if line.startswith("data: ")]
+    assert '"one"' in events[0] and "[DONE]" not in events
+    assert json.loads(events[-1])["error"]["code"] == "stream_interrupted"
