@@ -18,16 +18,20 @@ behaviour test far away.
   over, with what aiohttp lacks: a request head must be complete within `head_timeout_s` (aiohttp
   waits forever for a head that trickles in), and the fast front hears when the connection ends
   (for `server.max_connections`). It subclasses `web_protocol.RequestHandler`, reads its
-  `_request_count` (requests parsed) and `_waiter` (pending while it waits for the next request),
-  and builds it as `web.Server.__call__` does, from `Server._loop` and `Server._kwargs`.
+  `_request_count` (requests parsed), wraps its `_handle_request` (one call per request, to count
+  the requests answered) and builds it as `web.Server.__call__` does, from `Server._loop` and
+  `Server._kwargs`.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
-from aiohttp import web, web_protocol
+from aiohttp import StreamReader, web, web_protocol
+
+from router.server.wire import LINGER_BYTES, LINGER_S, refusal
 
 SUPPORTED = ((3, 13), (4, 0))  # [low, high): pyproject.toml's aiohttp range
 
@@ -83,7 +87,8 @@ def close_idle_connections(runner: web.AppRunner) -> None:
 
 
 class _WatchedHandler(web_protocol.RequestHandler):
-    __slots__ = ("_armed_at", "_head_timeout_s", "_head_timer", "_on_lost")
+    __slots__ = ("_armed_at", "_awaiting_head", "_head_timeout_s", "_head_timer", "_last_body", "_lingering",
+                 "_on_lost", "_unanswered")
 
     def __init__(self, server: web.Server, head_timeout_s: float, on_lost: Callable[[], None],
                  **kwargs: object) -> None:
@@ -91,6 +96,10 @@ class _WatchedHandler(web_protocol.RequestHandler):
         self._head_timeout_s = head_timeout_s
         self._head_timer: asyncio.TimerHandle | None = None
         self._armed_at = 0  # requests parsed when the timer started: one more, and the head came in time
+        self._unanswered = 0  # requests parsed whose handling has not ended
+        self._awaiting_head = True  # every request is answered, on a connection that stays open
+        self._last_body: StreamReader | None = None  # the body of the last request answered
+        self._lingering = -1  # >= 0 once the 408 is written: the bytes dropped since
         self._on_lost = on_lost
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -98,12 +107,37 @@ class _WatchedHandler(web_protocol.RequestHandler):
         self._arm()  # the head the fast front handed over must be complete within the limit too
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering >= 0:
+            self._lingering += len(data)
+            if self._lingering > LINGER_BYTES:
+                self.force_close()
+            return
         parsed = self._request_count
+        # Bytes that can only begin the next head: every request is answered, the answer kept the
+        # connection open, and its body was read whole (else these may be the rest of it, which aiohttp
+        # drains). Not "aiohttp waits for the next request": a byte sent right after an answer can arrive
+        # before aiohttp starts waiting, and would then be timed by keepalive_s alone.
+        head_bytes = (data and self._awaiting_head and self._unanswered == 0
+                      and (self._last_body is None or self._last_body.is_eof()))
         super().data_received(data)
+        self._unanswered += self._request_count - parsed
         if self._request_count > parsed:
             self._disarm()  # a whole head arrived
-        elif self._head_timer is None and self._waiter is not None and not self._waiter.done():
-            self._arm()  # the first bytes of the next request's head
+        elif head_bytes and self._head_timer is None:
+            self._arm()
+
+    async def _handle_request(self, request: web.BaseRequest, *args: Any) -> Any:
+        self._awaiting_head = False
+        answer: Any = None
+        try:
+            answer = await super()._handle_request(request, *args)
+            return answer
+        finally:
+            self._unanswered -= 1
+            self._last_body = request.content
+            if answer is not None:
+                response, reset = answer
+                self._awaiting_head = bool(response.keep_alive) and not reset
 
     def _arm(self) -> None:
         self._disarm()
@@ -117,7 +151,20 @@ class _WatchedHandler(web_protocol.RequestHandler):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if self._request_count == self._armed_at:
+        transport = self.transport
+        if self._request_count != self._armed_at or transport is None or transport.is_closing():
+            return
+        # No request is being answered, so the 408 is the only answer. Then a lingering close, as the fast
+        # front's: closing with bytes unread would reset the connection, and the client could lose the 408.
+        transport.write(refusal(408, "request head not received in time", code="head_timeout"))
+        self._lingering = 0
+        if transport.can_write_eof():
+            transport.write_eof()
+        transport.resume_reading()  # (aiohttp may have paused it)
+        self._head_timer = self._loop.call_later(LINGER_S, self.force_close)
+
+    def eof_received(self) -> None:
+        if self._lingering >= 0:
             self.force_close()
 
     def connection_lost(self, exc: BaseException | None) -> None:

@@ -88,6 +88,9 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
         return None
     if request.headers.get("Expect", "").lower() != "100-continue":
         return error_response(417, "only `Expect: 100-continue` is supported", code="expectation_failed")
+    length = request.content_length
+    if length is not None and length > request.app[CONTEXT].router.policy.server.max_body_bytes:
+        return None  # no 100 Continue for a body that will be refused: the handler answers 413 at once
     await write_interim(request, b"HTTP/1.1 100 Continue\r\n\r\n")
     return None
 

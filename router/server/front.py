@@ -41,10 +41,6 @@ log = logging.getLogger("router.server")
 # applies the handler's body timeout). Clients send a small request in one or two writes.
 HAND_OFF_S = 1.0
 _PIPELINE_LIMIT = 1 << 16  # bytes read ahead while a request is served, before reading pauses
-# A refused connection is closed only after the client stopped sending, or this long: closing a
-# socket with unread bytes resets it, and the client could lose the refusal.
-_LINGER_S = 2.0
-_LINGER_BYTES = 1 << 20
 
 _LINE = wire.REQUEST_LINE + b"\r\n"
 _HEAD_END = b"\r\n\r\n"
@@ -148,7 +144,7 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._lingering >= 0:
             self._lingering += len(data)
-            if self._lingering > _LINGER_BYTES:
+            if self._lingering > wire.LINGER_BYTES:
                 self.close()
             return
         buffer = self._buffer
@@ -284,7 +280,7 @@ class _Connection(asyncio.Protocol):
         self._linger(transport)
 
     def _linger(self, transport: asyncio.Transport) -> None:
-        """Close once the client stopped sending (or after _LINGER_S): closing with unread bytes would
+        """Close once the client stopped sending (or after wire.LINGER_S): closing with unread bytes would
         reset the connection, and the client could lose the answer just written."""
         self._lingering = 0
         self._buffer = b""
@@ -292,7 +288,7 @@ class _Connection(asyncio.Protocol):
         if transport.can_write_eof():
             transport.write_eof()
         transport.resume_reading()
-        self._timer = asyncio.get_running_loop().call_later(_LINGER_S, self.close)
+        self._timer = asyncio.get_running_loop().call_later(wire.LINGER_S, self.close)
 
     def eof_received(self) -> bool | None:
         if self._lingering >= 0:
@@ -334,6 +330,12 @@ class _Connection(asyncio.Protocol):
         waiter, self._drain_waiter = self._drain_waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_exception(ConnectionResetError("the client closed the connection"))
+
+
+def aiohttp_limits(settings: ServerPolicy) -> dict[str, float]:
+    """`web.AppRunner` options that give the connections aiohttp serves the fast front's limits: the
+    keep-alive timeout, and a refused request's unread body drained for at most wire.LINGER_S."""
+    return {"keepalive_timeout": settings.keepalive_s, "lingering_time": wire.LINGER_S}
 
 
 class FrontSite(ProtocolSite):

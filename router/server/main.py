@@ -30,7 +30,7 @@ from router.server.aiohttp_internals import close_idle_connections
 from router.server.app import create_app
 from router.server.context import CONTEXT, ServerContext
 from router.server.demo import start_demo_providers, stop_demo_providers
-from router.server.front import FrontSite
+from router.server.front import FrontSite, aiohttp_limits
 from router.server.workers import WorkerInfo
 
 log = logging.getLogger("router.server")
@@ -210,7 +210,7 @@ async def run_daemon(policy: Policy, path: str, host: str, port: int, *, watch: 
     context.recent = recent
     context.loaded(path)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=CANCEL_GRACE_S,
-                           keepalive_timeout=policy.server.keepalive_s)
+                           **aiohttp_limits(policy.server))
     await runner.setup()
     try:
         site = FrontSite(runner, host, port, reuse_port=worker is not None or None)

@@ -173,6 +173,12 @@ def chunk(data: bytes) -> bytes:
 LAST_CHUNK = b"0\r\n\r\n"
 
 
+# A refused connection is closed only after the client stopped sending, or this long: closing a
+# socket with unread bytes resets it, and the client could lose the refusal.
+LINGER_S = 2.0
+LINGER_BYTES = 1 << 20
+
+
 def refusal(status: int, message: str, *, code: str, retry_after: int | None = None) -> bytes:
     """A whole answer that ends the connection, in the OpenAI error shape, for what is refused before a
     request was read (a head too slow or too large, one connection too many)."""

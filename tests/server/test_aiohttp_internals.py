@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 
 import aiohttp
-from aiohttp import abc, web
+from aiohttp import abc, web, web_protocol
 
 from router.server import aiohttp_internals
 from router.server.aiohttp_internals import SUPPORTED, ProtocolSite, SseResponse
@@ -84,3 +84,26 @@ async def test_a_protocol_site_registers_with_the_runner_and_listens_on_its_own_
     finally:
         await runner.cleanup()
     assert not server.is_serving()
+
+
+def test_the_request_handler_counts_parsed_requests_and_answers_each_in_one_coroutine() -> None:
+    # _WatchedHandler times a head from the moment every request parsed so far is answered.
+    handler = web_protocol.RequestHandler
+    assert "_request_count" in handler.__slots__
+    assert "self._request_count += 1" in inspect.getsource(handler.data_received)
+    assert inspect.iscoroutinefunction(handler._handle_request)
+    assert list(inspect.signature(handler._handle_request).parameters) == [
+        "self", "request", "start_time", "request_handler"]
+    assert "self._handle_request(" in inspect.getsource(handler.start)
+
+
+async def test_a_watched_handler_is_built_as_the_server_builds_its_own() -> None:
+    runner = web.AppRunner(web.Application())
+    await runner.setup()
+    try:
+        server = runner.server
+        assert server is not None and hasattr(server, "_loop") and isinstance(server._kwargs, dict)
+        protocol = aiohttp_internals.watched_handler_factory(runner, 1.0, lambda: None)()
+        assert isinstance(protocol, web.RequestHandler) and protocol._request_count == 0
+    finally:
+        await runner.cleanup()

@@ -31,7 +31,7 @@ from router.policy.model import Policy
 from router.router import Router
 from router.server import create_app
 from router.server.context import CONTEXT, ServerContext
-from router.server.front import FrontSite, Tap
+from router.server.front import FrontSite, Tap, aiohttp_limits
 from tests.support.load import Metrics, read_access_log, scrape
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -114,7 +114,8 @@ async def start_in_process(policy: Policy, *, front: bool = True, **router_kwarg
     app = create_app(router, observer=router_kwargs.get("observer"))
     recorded: list[Recorded] = []
     app.middlewares.insert(0, _aiohttp_tap(recorded))
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0,
+                           **aiohttp_limits(policy.server))
     await runner.setup()
     try:
         if front:
