@@ -156,7 +156,7 @@ class _Connection(asyncio.Protocol):
             buffer += data
         if self.task is not None:
             if len(self._buffer) > _PIPELINE_LIMIT and self._transport is not None:
-                self._transport.pause_reading()  # resumed by _answer once the answer is out
+                self._transport.pause_reading()  # resumed by _answer once the answer is out and the buffer shrank
             return
         if self.head_since is None:
             self.head_since = time.monotonic()
@@ -264,11 +264,14 @@ class _Connection(asyncio.Protocol):
                 return  # it went away instead
         self.task = None
         self.idle_since = time.monotonic()
-        transport.resume_reading()
         if self._buffer:
             self.head_since = self.idle_since
             self.idle_since = None
             self._next()
+        # Reading stays paused while the next pipelined request is served with over 64 KiB read ahead:
+        # resuming after every answer let a flood of small requests grow the buffer a read at a time.
+        if self._transport is transport and (self.task is None or len(self._buffer) <= _PIPELINE_LIMIT):
+            transport.resume_reading()
 
     def refuse(self, status: int, message: str, code: str) -> None:
         """A connection-level refusal (no request was read whole): the answer, then a lingering close."""

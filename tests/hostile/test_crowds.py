@@ -101,3 +101,30 @@ async def test_a_client_that_pipelines_and_never_reads_is_not_served_without_bou
     print(f"pipelined 600, never read: {served} reached the provider; peak RSS {peak_mb:.0f} MB (idle {idle_mb:.0f})")
     assert served < 100  # what the socket buffers hold; aiohttp's side stops at about 16
     assert peak_mb < idle_mb + 30
+
+
+@pytest.mark.slow
+async def test_a_pipelined_flood_is_not_read_while_an_answer_waits(fake_provider, tmp_path: Path) -> None:
+    # 64 MiB of small pipelined requests, never reading an answer. The fast front stops reading once 64 KiB
+    # are buffered behind the request it serves; without that pause it read the whole flood (+94 MB).
+    fake = await fake_provider("aimo")
+    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(BODY)}\r\n\r\n").encode() + BODY
+    flood = request * ((64 << 20) // len(request))
+    async with DaemonProcess(daemon_policy(fake), tmp_path) as daemon:
+        idle_mb = peak_rss_mb(daemon.pid)
+        _, writer = await asyncio.open_connection("127.0.0.1", daemon.port, limit=1024)
+        writer.transport.set_write_buffer_limits(high=0)
+        writer.write(flood)
+        unsent, steady_since = -1, time.monotonic()
+        async with asyncio.timeout(20):  # until the daemon has stopped taking the flood for a second
+            while time.monotonic() - steady_since < 1.0:
+                await asyncio.sleep(0.1)
+                if writer.transport.get_write_buffer_size() != unsent:
+                    unsent, steady_since = writer.transport.get_write_buffer_size(), time.monotonic()
+        peak_mb = peak_rss_mb(daemon.pid)
+        writer.transport.abort()
+    taken_mb = (len(flood) - unsent) / (1 << 20)
+    print(f"pipelined flood of 64 MiB: the daemon took {taken_mb:.1f} MiB of it; peak RSS {peak_mb:.0f} MB "
+          f"(idle {idle_mb:.0f})")
+    assert unsent > 0 and peak_mb < idle_mb + 30
