@@ -165,6 +165,32 @@ async def test_max_connections_refuses_one_more_with_a_503_and_counts_handed_ove
         held_writer.close()
 
 
+async def test_an_idle_keep_alive_connection_on_aiohttps_side_is_closed_after_keepalive_s(
+        daemon: DaemonFactory, fake_provider) -> None:
+    # (The fast front's own: tests/server/test_front.py.) aiohttp's default is 75 s, whatever the policy said.
+    fake = await fake_provider("aimo")
+    server = await daemon(simple_policy(fake, server={"keepalive_s": 0.5}))
+    reader, writer = await connect(server)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await read_response(reader))[0] == 200
+    started = time.monotonic()
+    assert await closed_within(reader, 5.0) == b""  # closed without a word: nothing was asked
+    assert time.monotonic() - started > 0.4
+    writer.close()
+
+
+async def test_a_connection_handed_to_aiohttp_frees_its_place_when_it_ends(
+        daemon: DaemonFactory, fake_provider) -> None:
+    fake = await fake_provider("aimo")
+    server = await daemon(simple_policy(fake, server={"max_connections": 2}))
+    for _ in range(6):  # three times the limit, one after another: each place comes free again
+        reader, writer = await connect(server)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert (await closed_within(reader, 3.0)).startswith(b"HTTP/1.1 200 ")
+        writer.close()
+        await writer.wait_closed()
+
+
 async def test_an_answer_that_cannot_be_rendered_is_an_internal_error_in_the_log_and_the_metrics(
         daemon: DaemonFactory, fake_provider, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:

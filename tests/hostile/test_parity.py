@@ -47,7 +47,7 @@ def heads(draw: st.DrawFn) -> bytes:
         name = _case(draw(st.sampled_from(NAMES)), draw)
         if name.lower() == "content-length":
             value = draw(st.sampled_from(LENGTHS))
-        elif name.lower() == "connection":
+        elif name.lower() in ("connection", "proxy-connection"):
             value = draw(st.sampled_from(["close", "keep-alive", "Close", "keep-alive, close", "upgrade", "x"]))
         else:
             value = draw(st.text(alphabet=VALUE_BYTES, max_size=12))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from email.utils import formatdate
+
 import pytest
 
 from router.server import wire
@@ -110,6 +113,16 @@ def test_an_answer_head_has_status_headers_length_and_date() -> None:
     assert lines[1:4] == [b"Retry-After: 2", b"x-request-id: r1", b"Content-Length: 10"]
     assert lines[4].startswith(b"Date: ") and lines[4].endswith(b" GMT")
     assert out.endswith(b"\r\n\r\n") and b"Connection" not in out
+
+
+@pytest.mark.parametrize("answer", [
+    lambda: wire.answer_head(200, {}, length=1, close=False),
+    lambda: wire.refusal(408, "slow", code="head_timeout"),  # the canned answers too (one was built at import)
+])
+def test_the_date_is_the_time_of_the_answer(answer: Callable[[], bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+    for now in (1_700_000_000.2, 1_700_000_000.9, 1_700_003_601.5):
+        monkeypatch.setattr(wire.time, "time", lambda now=now: now)
+        assert f"\r\nDate: {formatdate(int(now), usegmt=True)}\r\n".encode() in answer()
 
 
 def test_a_chunked_head_and_a_closing_head() -> None:
