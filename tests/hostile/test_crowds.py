@@ -122,9 +122,9 @@ async def test_a_pipelined_flood_is_not_read_while_an_answer_waits(fake_provider
                 await asyncio.sleep(0.1)
                 if writer.transport.get_write_buffer_size() != unsent:
                     unsent, steady_since = writer.transport.get_write_buffer_size(), time.monotonic()
-        peak_mb = peak_rss_mb(daemon.pid)
+        served, peak_mb = fake.count, peak_rss_mb(daemon.pid)
         writer.transport.abort()
     taken_mb = (len(flood) - unsent) / (1 << 20)
-    print(f"pipelined flood of 64 MiB: the daemon took {taken_mb:.1f} MiB of it; peak RSS {peak_mb:.0f} MB "
-          f"(idle {idle_mb:.0f})")
+    print(f"pipelined flood of 64 MiB: the daemon took {taken_mb:.1f} MiB of it, {served} requests reached the "
+          f"provider; peak RSS {peak_mb:.0f} MB (idle {idle_mb:.0f})")
     assert unsent > 0 and peak_mb < idle_mb + 30
