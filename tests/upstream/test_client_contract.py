@@ -23,9 +23,13 @@ from types import MappingProxyType
 import pytest
 
 from router.engine.classify import classify_exception
+from router.observe.prometheus import PrometheusObserver
+from router.policy import policy_from_mapping
 from router.policy.model import Provider, Timeouts
+from router.router import Router
 from router.upstream.errors import TransportError
-from router.upstream.transport import HttpTransport, Outgoing
+from router.upstream.transport import HttpTransport, Outgoing, Reply
+from tests.metrics.helpers import Scrape
 from tests.support.wire_server import (
     COMPLETION,
     LAST_CHUNK,
@@ -381,6 +385,65 @@ async def test_a_provider_that_closes_idle_connections_costs_no_attempt(
                                       for w in range(10)))
     assert [failure for batch in failures for failure in batch] == []
     assert len(server.requests) == 1000
+
+
+def close_on_reuse() -> Handler:
+    """Answer a connection's first request; close the connection, unanswered, when a second one comes on
+    it: the provider's keep-alive timeout ran out just as the client reused it, a race that no check
+    before reuse can win. Each such request goes out again, on a fresh connection."""
+    async def handle(request: Request, peer: Peer) -> None:
+        if len(peer.requests) > 1:
+            peer.writer.close()
+            return
+        peer.writer.write(response())
+        await peer.writer.drain()
+
+    return handle
+
+
+class ResendCounting:
+    """A transport that counts the resends its replies (or its attempts' failures) report."""
+
+    def __init__(self, transport: HttpTransport) -> None:
+        self._transport = transport
+        self.resends = 0
+
+    async def send(self, outgoing: Outgoing) -> Reply:
+        try:
+            reply = await self._transport.send(outgoing)
+        except TransportError as exc:
+            self.resends += exc.resent
+            raise
+        self.resends += reply.resent
+        return reply
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_resends_reach_the_providers_resends_metric_and_cost_no_attempt(
+        client: str, serve: ServerFactory, make_transport: TransportFactory) -> None:
+    # Through a Router and its Prometheus observer: every resend the transport reports is counted for
+    # its provider, once, and none of them is a failed attempt (the breaker and the retries never see it).
+    server = await serve(close_on_reuse())
+    policy = policy_from_mapping({
+        "providers": {"aimo": {"base_url": server.base_url, "http_client": client,
+                               "timeouts": {"connect_s": 1.0, "first_byte_s": 2.0, "idle_s": 2.0}}},
+        "routes": {"chat": {"targets": [{"provider": "aimo", "model": "m"}]}}})
+    transport = ResendCounting(make_transport(policy.providers["aimo"]))
+    observer = PrometheusObserver()
+    requests = 6
+    async with Router(policy, observer=observer, transport=transport) as router:
+        for _ in range(requests):
+            result = await router.chat({"model": "chat", "messages": [{"role": "user", "content": "hi"}]})
+            assert (result.body, result.attempts) == (COMPLETION, 1)
+    scrape = Scrape.of(observer.registry)
+    assert transport.resends > 0
+    assert scrape.get("llm_router_upstream_resends_total", provider="aimo") == transport.resends
+    assert scrape.series("llm_router_upstream_attempts_total") == {
+        (("outcome", "ok"), ("provider", "aimo"), ("route", "chat")): requests}
+    assert len(server.requests) == requests + transport.resends  # each resent request reached the provider twice
 
 
 # -- answers over a limit -----------------------------------------------------------------------------------

@@ -122,6 +122,74 @@ async def test_verification_is_off_only_with_allow_insecure_next_to_it(
     assert await ask(make_transport(insecure), insecure) == COMPLETION
 
 
+@pytest.fixture(scope="module")
+def other_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """Another private CA with the same name as `pki`'s, and a server certificate it signed for the
+    same host names: an impostor that only the CA's key tells apart."""
+    return make_pki(tmp_path_factory.mktemp("other-pki"))
+
+
+def tls_keys(pki: Pki, mutual: bool) -> dict[str, str]:
+    """The provider's `tls` block: the private CA, and with `mutual` the router's client certificate."""
+    keys = {"ca_file": str(pki.ca)}
+    if mutual:
+        keys |= {"client_cert": str(pki.client_cert), "client_key": str(pki.client_key)}
+    return keys
+
+
+def server_context(server_pki: Pki, client_ca: Pki, mutual: bool) -> ssl.SSLContext:
+    """`server_pki`'s server certificate; with `mutual`, the router's certificate is required, and
+    accepted (it is `client_ca`'s), so a refusal can only come from the router's side."""
+    context = server_pki.server_context()
+    if mutual:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(client_ca.ca)
+    return context
+
+
+def refused_for_its_certificate(error: ConnectFailed) -> str:
+    """The TLS error behind a ConnectFailed (each client keeps its library's error as cause or context)."""
+    chain = " ".join(repr(cause) for cause in (error.__cause__, error.__context__) if cause is not None)
+    assert "CERTIFICATE_VERIFY_FAILED" in chain, (str(error), chain)
+    return chain
+
+
+@pytest.mark.parametrize("mutual", [False, True], ids=["ca_file", "mutual-tls"])
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_a_certificate_from_another_ca_than_ca_file_is_refused(
+        client: str, mutual: bool, pki: Pki, other_pki: Pki, serve: ServerFactory,
+        make_transport: TransportFactory) -> None:
+    # `ca_file` replaces the system's trust store, it does not switch checking off: a certificate for
+    # the right host from any other CA (here one with the very same name) fails the handshake, and the
+    # request with its key never leaves the router.
+    server = await serve(answer(response()), tls=server_context(other_pki, pki, mutual))
+    provider = load_provider(https_url(server), client, tls=tls_keys(pki, mutual))
+    with pytest.raises(ConnectFailed) as refused:
+        await ask(make_transport(provider), provider)
+    refused_for_its_certificate(refused.value)
+    assert server.requests == []
+    # The control: the same settings and the same server, its certificate now from the trusted CA.
+    server = await serve(answer(response()), tls=server_context(pki, pki, mutual))
+    provider = load_provider(https_url(server), client, tls=tls_keys(pki, mutual))
+    assert await ask(make_transport(provider), provider) == COMPLETION
+
+
+@pytest.mark.parametrize("mutual", [False, True], ids=["ca_file", "mutual-tls"])
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_a_certificate_from_the_ca_file_for_another_host_is_refused(
+        client: str, mutual: bool, pki: Pki, serve: ServerFactory, make_transport: TransportFactory) -> None:
+    # The certificate is the trusted CA's, but for provider.test and 127.0.0.1: reached as `localhost`
+    # (the same listening socket), the provider is not who the certificate names, and is refused.
+    server = await serve(answer(response()), tls=server_context(pki, pki, mutual))
+    provider = load_provider(https_url(server, "localhost"), client, tls=tls_keys(pki, mutual))
+    with pytest.raises(ConnectFailed) as refused:
+        await ask(make_transport(provider), provider)
+    assert "localhost" in refused_for_its_certificate(refused.value)  # a host name mismatch, not the CA
+    assert server.requests == []
+    trusted = load_provider(https_url(server), client, tls=tls_keys(pki, mutual))  # the control: 127.0.0.1
+    assert await ask(make_transport(trusted), trusted) == COMPLETION
+
+
 def test_the_tls_block_is_checked_when_the_policy_loads(pki: Pki, tmp_path: Path) -> None:
     from router.errors import PolicyError
 

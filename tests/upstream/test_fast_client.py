@@ -36,6 +36,7 @@ from router.upstream.errors import (
     TransportError,
 )
 from router.upstream.http1 import connection as http1_connection
+from router.upstream.sse import SseRun
 from router.upstream.transport import Outgoing, _HttpReply
 from tests.support.wire_server import (
     COMPLETION,
@@ -457,6 +458,161 @@ async def test_bytes_on_an_idle_connection_retire_it(serve: ServerFactory,
     assert len(server.peers) == 2
 
 
+def when_read(monkeypatch: pytest.MonkeyPatch, data: bytes) -> asyncio.Event:
+    """Set once a connection has taken in a read that ends with `data` (its data_received ran): the
+    client's loop read it, so the check before reuse (a readable socket) no longer sees it."""
+    read = asyncio.Event()
+    original = http1.Connection.data_received
+
+    def spy(self: http1.Connection, received: bytes) -> None:
+        original(self, received)
+        if received.endswith(data):
+            read.set()
+
+    monkeypatch.setattr(http1.Connection, "data_received", spy)
+    return read
+
+
+def pooled_connections(monkeypatch: pytest.MonkeyPatch) -> list[http1.Connection]:
+    """Every connection put back in a pool, even for a moment."""
+    pooled: list[http1.Connection] = []
+    original = http1.Pool.put_back
+
+    def spy(self: http1.Pool, connection: http1.Connection) -> None:
+        pooled.append(connection)
+        original(self, connection)
+
+    monkeypatch.setattr(http1.Pool, "put_back", spy)
+    return pooled
+
+
+UNSOLICITED = {
+    "garbage": b"\x00garbage",
+    "an empty line": b"\r\n",  # llhttp skips it before an answer: only the connection's own check sees it
+    "a 408 head": b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("unsolicited", list(UNSOLICITED.values()), ids=list(UNSOLICITED))
+async def test_any_bytes_read_on_an_idle_pooled_connection_retire_it(
+        unsolicited: bytes, serve: ServerFactory, make_transport: TransportFactory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Bytes a pooled connection receives answer no request, and say its framing is no longer known:
+    # it is closed as they are read, and the next request goes out once, on a fresh connection.
+    pooled = asyncio.Event()
+
+    async def handle(request: Request, peer: Peer) -> None:
+        if len(server.peers) > 1 or len(peer.requests) > 1:
+            await answer(response())(request, peer)
+            return
+        await dribble(peer.writer, response())
+        await pooled.wait()
+        await dribble(peer.writer, unsolicited)
+
+    read = when_read(monkeypatch, unsolicited)
+    server = await serve(handle)
+    prov = provider(server.base_url, timeouts=Timeouts(first_byte_s=1.0, idle_s=1.0))
+    transport = make_transport(prov)
+    first = await transport.send(outgoing(prov))
+    connection = connection_of(first)
+    assert await first.read() == COMPLETION
+    assert connection.state is http1.State.IDLE  # back in the pool
+    pooled.set()
+    await asyncio.wait_for(read.wait(), 1.0)
+    assert connection.closed
+    second = await transport.send(outgoing(prov))
+    assert not second.resent and connection_of(second) is not connection
+    assert await second.read() == COMPLETION
+    assert len(server.peers) == 2
+
+
+async def test_bytes_after_a_stream_its_reader_still_holds_retire_the_connection_not_the_answer(
+        serve: ServerFactory, make_transport: TransportFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The stream ended (the terminator came with its [DONE]) and its reader has not let it go yet: an
+    # empty line arriving now is read while the connection is complete, not idle. The answer stays
+    # whole; the connection does not go back to the pool when the reader is done.
+    more = asyncio.Event()
+
+    async def handle(request: Request, peer: Peer) -> None:
+        if len(server.peers) > 1 or len(peer.requests) > 1:
+            await answer(response())(request, peer)
+            return
+        await dribble(peer.writer, chunked_head() + chunk(b"data: a\n\n") + chunk(b"data: [DONE]\n\n") + LAST_CHUNK)
+        await more.wait()
+        await dribble(peer.writer, b"\r\n")
+
+    read = when_read(monkeypatch, b"\r\n")
+    pooled = pooled_connections(monkeypatch)
+    server = await serve(handle)
+    prov = provider(server.base_url, timeouts=Timeouts(first_byte_s=1.0, idle_s=1.0))
+    transport = make_transport(prov)
+    reply = await transport.send(outgoing(prov, stream=True))
+    connection = connection_of(reply)
+    batches = reply.batches()
+    seen: list[str] = []
+    while "[DONE]" not in seen:  # read as the router reads: up to [DONE], holding the reply
+        seen += [one.data for item in await anext(batches)
+                 for one in (item.events() if isinstance(item, SseRun) else [item])]
+    assert seen == ["a", "[DONE]"]
+    assert connection.state is http1.State.COMPLETE  # ended, not yet released
+    more.set()
+    await asyncio.wait_for(read.wait(), 1.0)
+    assert connection.closed
+    with pytest.raises(StopAsyncIteration):  # the answer itself ended cleanly
+        await anext(batches)
+    assert connection not in pooled
+    second = await transport.send(outgoing(prov))
+    assert connection_of(second) is not connection
+    assert await second.read() == COMPLETION
+    assert len(server.peers) == 2
+
+
+# The start of another answer, as a provider that answered twice (or a proxy out of step) would send it.
+SECOND_HEAD = b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 10\r\n"
+
+
+@pytest.mark.parametrize("with_the_done", [False, True], ids=["after-the-done-was-read", "with-the-done"])
+async def test_bytes_in_the_read_that_ends_a_stream_keep_its_connection_out_of_the_pool(
+        with_the_done: bool, serve: ServerFactory, make_transport: TransportFactory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The chunked terminator and the start of another answer in one write, after the router stopped
+    # reading at [DONE] (the connection is draining, and the terminator ends the drain in the middle of
+    # the read), or with the [DONE] itself (the stream ends while it is read). Either way the connection
+    # never goes back to the pool, not even until the rest of that read is parsed.
+    ending = (chunk(b"data: [DONE]\n\n") if with_the_done else b"") + LAST_CHUNK + SECOND_HEAD
+    drained = asyncio.Event()
+
+    async def handle(request: Request, peer: Peer) -> None:
+        if len(server.peers) > 1 or len(peer.requests) > 1:
+            await answer(response())(request, peer)
+            return
+        if with_the_done:
+            await dribble(peer.writer, chunked_head() + chunk(b"data: a\n\n"), ending)
+        else:
+            await dribble(peer.writer, chunked_head() + chunk(b"data: a\n\n") + chunk(b"data: [DONE]\n\n"))
+            await drained.wait()
+            await dribble(peer.writer, ending)
+
+    read = when_read(monkeypatch, ending)
+    pooled = pooled_connections(monkeypatch)
+    server = await serve(handle)
+    prov = provider(server.base_url, timeouts=Timeouts(first_byte_s=1.0, idle_s=1.0))
+    transport = make_transport(prov)
+    reply = await transport.send(outgoing(prov, stream=True))
+    connection = connection_of(reply)
+    assert await _read_to_done_and_close(reply) == ["a", "[DONE]"]
+    if not with_the_done:
+        assert connection.state is http1.State.DRAINING
+        drained.set()
+    await asyncio.wait_for(read.wait(), 1.0)
+    assert connection.closed
+    assert connection not in pooled
+    second = await transport.send(outgoing(prov))
+    assert not second.resent and connection_of(second) is not connection
+    assert await second.read() == COMPLETION
+    assert len(server.peers) == 2
+
+
 async def test_a_fully_read_stream_leaves_its_connection_reusable(serve: ServerFactory,
                                                                   make_transport: TransportFactory) -> None:
     server = await serve(answer(chunked_head(), chunk(b"data: a\n\n"), chunk(b"data: [DONE]\n\n"), LAST_CHUNK))
@@ -516,7 +672,12 @@ async def test_a_send_racing_the_servers_idle_close_goes_out_again_on_a_new_conn
     server.peers[0].writer.close()
     await server.peers[0].writer.wait_closed()
     assert not connection.closed  # closed on the server; the client's loop has not read the FIN yet
-    assert await (await transport.send(outgoing(prov))).read() == COMPLETION
+    second = await transport.send(outgoing(prov))
+    # Seen before the request was written, not after it failed there: sent once, not resent (the
+    # resend would give the same answer and the same counts on the server, and hide the missing check).
+    assert not second.resent
+    assert connection_of(second) is not connection
+    assert await second.read() == COMPLETION
     assert connection.closed
     assert len(server.peers) == 2 and len(server.requests) == 2
 
