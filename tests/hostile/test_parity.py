@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_parser import HttpRequestParser
 from hypothesis import HealthCheck, given, settings
@@ -74,6 +75,7 @@ def aiohttp_reads(head: bytes, length: int) -> object:
         loop.close()
 
 
+@pytest.mark.slow  # 3,000 heads through both parsers
 @settings(max_examples=3000, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(head=heads())
 def test_a_head_the_fast_front_serves_is_one_aiohttp_reads_the_same_way(head: bytes) -> None:
@@ -92,6 +94,7 @@ def test_a_head_the_fast_front_serves_is_one_aiohttp_reads_the_same_way(head: by
     assert not message.chunked and message.compression is None and not message.upgrade  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 @settings(max_examples=1500, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(head=heads(), cuts=st.lists(st.integers(1, 400), max_size=8))
 def test_a_head_arriving_in_pieces_is_handed_to_aiohttp_early_only_if_the_fast_front_would_not_serve_it(

@@ -140,6 +140,7 @@ async def _stream_ok(request: Request, peer: Peer) -> None:
     await dribble(peer.writer, chunked_head(), chunk(_event("fine")), chunk(b"data: [DONE]\n\n"), LAST_CHUNK)
 
 
+@pytest.mark.slow  # a daemon process each
 @pytest.mark.parametrize("client", ["fast", "aiohttp"])
 async def test_an_event_over_its_limit_before_the_commit_point_fails_over(client: str, tmp_path: Path) -> None:
     # Before the fix the parser's SseTooLarge escaped the transport: a 500 internal_error, no failover.
@@ -164,6 +165,7 @@ async def test_an_event_over_its_limit_before_the_commit_point_fails_over(client
     assert lines[0]["outcome"] == "success" and lines[0]["attempts"] == 2
 
 
+@pytest.mark.slow  # a daemon process each
 @pytest.mark.parametrize("client", ["fast", "aiohttp"])
 async def test_an_event_over_its_limit_after_the_commit_point_ends_the_stream_with_an_error(
         client: str, tmp_path: Path) -> None:
