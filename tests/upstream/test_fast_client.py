@@ -36,6 +36,7 @@ from router.upstream.errors import (
     TransportError,
 )
 from router.upstream.http1 import connection as http1_connection
+from router.upstream.http1 import response as http1_response
 from router.upstream.sse import SseRun
 from router.upstream.transport import Outgoing, _HttpReply
 from tests.support.wire_server import (
@@ -1142,3 +1143,19 @@ async def test_https_provider_is_served_once_its_certificate_is_trusted(
     assert await (await transport.send(outgoing(prov))).read() == COMPLETION
     assert server.requests[0].header("Authorization") == f"Bearer {KEY}"
     assert len(server.peers) == 1
+
+
+async def test_an_inflated_read_reaches_a_stream_reader_a_bounded_slice_at_a_time(
+        serve: ServerFactory, make_transport: TransportFactory) -> None:
+    # One compressed read can inflate to megabytes at once. Handed over whole, a stream's reader parsed
+    # all of it into events at once: a 26 MB gzip stream held about 100 MB (4x) until its end.
+    events = b"".join(b"data: %d %s\n\n" % (i, b"x" * 1000) for i in range(4000)) + b"data: [DONE]\n\n"
+    server = await serve(answer(chunked_head("Content-Encoding: gzip") + chunk(gzip.compress(events)) + LAST_CHUNK))
+    prov = provider(server.base_url)
+    reply = await make_transport(prov).send(outgoing(prov, stream=True))
+    sizes = []
+    async for batch in reply.batches():
+        sizes.append(sum(len(item.raw) for item in batch))
+    assert sum(sizes) == len(events)  # every event, in order, none lost at a slice's edge
+    # A slice, plus the end of an event the previous slice began (each event is about 1 KB).
+    assert len(sizes) > 10 and max(sizes) <= http1_response.READ_MOST + 1100

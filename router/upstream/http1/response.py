@@ -17,6 +17,8 @@ from router.upstream.errors import ResponseTooLarge, TransportError
 if TYPE_CHECKING:
     from router.upstream.http1.connection import Connection
 
+READ_MOST = 256 * 1024  # the most one readany() joins from what is buffered (one piece may be larger)
+
 
 class Response:
     """Status, headers, and the (decoded) body pieces as they arrive; `readany` returns them."""
@@ -56,11 +58,22 @@ class Response:
                 await waiter
             finally:
                 self._waiter = None
-        data = b"".join(chunks) if len(chunks) > 1 else chunks[0]
-        chunks.clear()
-        self._buffered = 0
-        self._connection.resume_reading()
-        return data
+        if len(chunks) == 1 or self._buffered <= READ_MOST:
+            data = b"".join(chunks) if len(chunks) > 1 else chunks[0]
+            chunks.clear()
+            self._buffered = 0
+            self._connection.resume_reading()
+            return data
+        # One compressed read can inflate to many pieces at once (up to max_response_bytes): hand them
+        # over READ_MOST at a time, so the reader parses and holds a slice, not the whole inflated read.
+        taken, size = 1, len(chunks[0])
+        while taken < len(chunks) and size + len(chunks[taken]) <= READ_MOST:
+            size += len(chunks[taken])
+            taken += 1
+        data = b"".join(chunks[:taken])
+        del chunks[:taken]
+        self._buffered -= size
+        return data  # reading stays paused: what is buffered comes first
 
     async def read(self) -> bytes:
         """The whole body, joined once at its end (an answer over the limit is never joined)."""
