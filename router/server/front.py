@@ -336,9 +336,10 @@ class _Connection(asyncio.Protocol):
 
 
 def aiohttp_limits(settings: ServerPolicy) -> dict[str, float]:
-    """`web.AppRunner` options that give the connections aiohttp serves the fast front's limits: the
-    keep-alive timeout, and a refused request's unread body drained for at most wire.LINGER_S."""
-    return {"keepalive_timeout": settings.keepalive_s, "lingering_time": wire.LINGER_S}
+    """`web.AppRunner` options that give the connections aiohttp serves the fast front's limits. (Its
+    lingering time stays aiohttp's 10 s: a client refused, say with a 401, before its upload ended
+    still reads the refusal if the upload ends within it.)"""
+    return {"keepalive_timeout": settings.keepalive_s}
 
 
 class FrontSite(ProtocolSite):

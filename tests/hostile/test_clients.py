@@ -65,7 +65,7 @@ async def test_a_declared_body_over_the_limit_is_refused_at_once_not_after_a_rea
     assert headers["connection"] == "close"
     assert json.loads(body)["error"]["code"] == "body_too_large"
     writer.write(b"x" * 50_000)  # the client sends (some of) its body anyway, then stops sending:
-    writer.write_eof()  # the daemon reads and drops it, then closes (without the EOF: after wire.LINGER_S)
+    writer.write_eof()  # the daemon reads and drops it, then closes (without the EOF: after a lingering time)
     assert await closed_within(reader, 1.5) == b""
     writer.close()
 
