@@ -87,13 +87,14 @@ def close_idle_connections(runner: web.AppRunner) -> None:
 
 
 class _WatchedHandler(web_protocol.RequestHandler):
-    __slots__ = ("_armed_at", "_awaiting_head", "_head_timeout_s", "_head_timer", "_last_body", "_lingering",
-                 "_on_lost", "_unanswered")
+    __slots__ = ("_armed_at", "_awaiting_head", "_head_spent_s", "_head_timeout_s", "_head_timer", "_last_body",
+                 "_lingering", "_on_lost", "_unanswered")
 
-    def __init__(self, server: web.Server, head_timeout_s: float, on_lost: Callable[[], None],
+    def __init__(self, server: web.Server, head_timeout_s: float, on_lost: Callable[[], None], head_spent_s: float,
                  **kwargs: object) -> None:
         super().__init__(server, **kwargs)  # type: ignore[arg-type]
         self._head_timeout_s = head_timeout_s
+        self._head_spent_s = head_spent_s  # how long the head handed over has been arriving already
         self._head_timer: asyncio.TimerHandle | None = None
         self._armed_at = 0  # requests parsed when the timer started: one more, and the head came in time
         self._unanswered = 0  # requests parsed whose handling has not ended
@@ -104,7 +105,8 @@ class _WatchedHandler(web_protocol.RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._arm()  # the head the fast front handed over must be complete within the limit too
+        # The head the fast front handed over must be complete within the limit too, counted from its start.
+        self._arm(self._head_timeout_s - self._head_spent_s)
 
     def data_received(self, data: bytes) -> None:
         if self._lingering >= 0:
@@ -139,10 +141,11 @@ class _WatchedHandler(web_protocol.RequestHandler):
                 response, reset = answer
                 self._awaiting_head = bool(response.keep_alive) and not reset
 
-    def _arm(self) -> None:
+    def _arm(self, within_s: float | None = None) -> None:
         self._disarm()
         self._armed_at = self._request_count
-        self._head_timer = self._loop.call_later(self._head_timeout_s, self._head_timed_out)
+        delay = self._head_timeout_s if within_s is None else max(0.0, within_s)
+        self._head_timer = self._loop.call_later(delay, self._head_timed_out)
 
     def _disarm(self) -> None:
         if self._head_timer is not None:
@@ -174,12 +177,13 @@ class _WatchedHandler(web_protocol.RequestHandler):
 
 
 def watched_handler_factory(runner: web.AppRunner, head_timeout_s: float,
-                            on_lost: Callable[[], None]) -> Callable[[], asyncio.Protocol]:
-    """aiohttp's protocol for one connection, with a head timeout and an end-of-connection callback."""
+                            on_lost: Callable[[], None]) -> Callable[[float], asyncio.Protocol]:
+    """aiohttp's protocol for one connection, with a head timeout and an end-of-connection callback.
+    The factory takes how long the head it is handed has been arriving already (0 for none)."""
     server = runner.server
     assert server is not None, "the runner is not set up"
 
-    def make() -> asyncio.Protocol:
-        return _WatchedHandler(server, head_timeout_s, on_lost, loop=server._loop, **server._kwargs)
+    def make(head_spent_s: float = 0.0) -> asyncio.Protocol:
+        return _WatchedHandler(server, head_timeout_s, on_lost, head_spent_s, loop=server._loop, **server._kwargs)
 
     return make

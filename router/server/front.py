@@ -51,7 +51,7 @@ Tap = Callable[[int, Mapping[str, str], bytes | None], None]
 class _Front:
     """The connections of one listening socket: limits, the sweep of idle and slow ones, the drain."""
 
-    def __init__(self, context: ServerContext, fallback: Callable[[], asyncio.Protocol], settings: ServerPolicy,
+    def __init__(self, context: ServerContext, fallback: Callable[[float], asyncio.Protocol], settings: ServerPolicy,
                  tap: Tap | None) -> None:
         self.context, self.fallback, self.settings, self.tap = context, fallback, settings, tap
         self.max_body = settings.max_body_bytes
@@ -227,7 +227,8 @@ class _Connection(asyncio.Protocol):
         front = self.front
         front.connections.discard(self)
         self._transport = None
-        protocol = front.fallback()  # it tells the front when the connection ends
+        # It tells the front when the connection ends, and a head already begun keeps its start time.
+        protocol = front.fallback(0.0 if self.head_since is None else time.monotonic() - self.head_since)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         data, self._buffer = bytes(self._buffer), b""

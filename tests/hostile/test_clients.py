@@ -93,6 +93,23 @@ async def test_a_head_that_is_not_complete_within_head_timeout_s_ends_the_connec
     writer.close()
 
 
+async def test_a_head_handed_to_aiohttp_half_way_keeps_the_time_it_began(daemon: DaemonFactory, fake_provider) -> None:
+    # The fast front holds a head that may become its own, then hands it to aiohttp when a field says it
+    # will not (here `Expect`). aiohttp's side used to start the head timeout again from the hand-off:
+    # up to twice head_timeout_s in all.
+    fake = await fake_provider("aimo")
+    server = await daemon(simple_policy(fake, server={"head_timeout_s": 1.0}))
+    reader, writer = await connect(server)
+    started = time.monotonic()
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+    await asyncio.sleep(0.8)
+    writer.write(b"Expect: 100-continue\r\n")  # handed over now; the head never ends
+    rest = await closed_within(reader, 3.0)
+    assert rest.startswith(b"HTTP/1.1 408 ")
+    assert time.monotonic() - started < 1.5  # not 1.8
+    writer.close()
+
+
 async def test_the_head_of_a_later_request_on_a_kept_alive_connection_has_the_same_limit(
         server: InProcessDaemon) -> None:
     reader, writer = await connect(server)
