@@ -38,12 +38,13 @@ from router.upstream.errors import (
 from router.upstream.http1 import connection as http1_connection
 from router.upstream.http1 import response as http1_response
 from router.upstream.sse import SseRun
-from router.upstream.transport import Outgoing, _HttpReply
+from router.upstream.transport import HttpTransport, Outgoing, _HttpReply
 from tests.support.wire_server import (
     COMPLETION,
     LAST_CHUNK,
     Peer,
     Request,
+    ScriptedServer,
     answer,
     chunk,
     chunked_head,
@@ -487,6 +488,26 @@ def pooled_connections(monkeypatch: pytest.MonkeyPatch) -> list[http1.Connection
     return pooled
 
 
+async def first_answer_scripted(serve: ServerFactory, make_transport: TransportFactory,
+                                 script: Callable[[Peer], Awaitable[None]]
+                                 ) -> tuple[ScriptedServer, HttpTransport, Provider]:
+    """A server whose first connection's first request gets `script`, and every other request a plain
+    answer; a transport to it that waits at most 1 s for anything."""
+    first: list[Peer] = []
+
+    async def handle(request: Request, peer: Peer) -> None:
+        if not first:
+            first.append(peer)
+        if peer is not first[0] or len(peer.requests) > 1:
+            await answer(response())(request, peer)
+            return
+        await script(peer)
+
+    server = await serve(handle)
+    prov = provider(server.base_url, timeouts=Timeouts(first_byte_s=1.0, idle_s=1.0))
+    return server, make_transport(prov), prov
+
+
 UNSOLICITED = {
     "garbage": b"\x00garbage",
     "an empty line": b"\r\n",  # llhttp skips it before an answer: only the connection's own check sees it
@@ -502,18 +523,13 @@ async def test_any_bytes_read_on_an_idle_pooled_connection_retire_it(
     # it is closed as they are read, and the next request goes out once, on a fresh connection.
     pooled = asyncio.Event()
 
-    async def handle(request: Request, peer: Peer) -> None:
-        if len(server.peers) > 1 or len(peer.requests) > 1:
-            await answer(response())(request, peer)
-            return
+    async def script(peer: Peer) -> None:
         await dribble(peer.writer, response())
         await pooled.wait()
         await dribble(peer.writer, unsolicited)
 
     read = when_read(monkeypatch, unsolicited)
-    server = await serve(handle)
-    prov = provider(server.base_url, timeouts=Timeouts(first_byte_s=1.0, idle_s=1.0))
-    transport = make_transport(prov)
+    server, transport, prov = await first_answer_scripted(serve, make_transport, script)
     first = await transport.send(outgoing(prov))
     connection = connection_of(first)
     assert await first.read() == COMPLETION
@@ -534,19 +550,14 @@ async def test_bytes_after_a_stream_its_reader_still_holds_retire_the_connection
     # whole; the connection does not go back to the pool when the reader is done.
     more = asyncio.Event()
 
-    async def handle(request: Request, peer: Peer) -> None:
-        if len(server.peers) > 1 or len(peer.requests) > 1:
-            await answer(response())(request, peer)
-            return
+    async def script(peer: Peer) -> None:
         await dribble(peer.writer, chunked_head() + chunk(b"data: a\n\n") + chunk(b"data: [DONE]\n\n") + LAST_CHUNK)
         await more.wait()
         await dribble(peer.writer, b"\r\n")
 
     read = when_read(monkeypatch, b"\r\n")
     pooled = pooled_connections(monkeypatch)
-    server = await serve(handle)
-    prov = provider(server.base_url, timeouts=Timeouts(first_byte_s=1.0, idle_s=1.0))
-    transport = make_transport(prov)
+    server, transport, prov = await first_answer_scripted(serve, make_transport, script)
     reply = await transport.send(outgoing(prov, stream=True))
     connection = connection_of(reply)
     batches = reply.batches()
@@ -583,10 +594,7 @@ async def test_bytes_in_the_read_that_ends_a_stream_keep_its_connection_out_of_t
     ending = (chunk(b"data: [DONE]\n\n") if with_the_done else b"") + LAST_CHUNK + SECOND_HEAD
     drained = asyncio.Event()
 
-    async def handle(request: Request, peer: Peer) -> None:
-        if len(server.peers) > 1 or len(peer.requests) > 1:
-            await answer(response())(request, peer)
-            return
+    async def script(peer: Peer) -> None:
         if with_the_done:
             await dribble(peer.writer, chunked_head() + chunk(b"data: a\n\n"), ending)
         else:
@@ -596,9 +604,7 @@ async def test_bytes_in_the_read_that_ends_a_stream_keep_its_connection_out_of_t
 
     read = when_read(monkeypatch, ending)
     pooled = pooled_connections(monkeypatch)
-    server = await serve(handle)
-    prov = provider(server.base_url, timeouts=Timeouts(first_byte_s=1.0, idle_s=1.0))
-    transport = make_transport(prov)
+    server, transport, prov = await first_answer_scripted(serve, make_transport, script)
     reply = await transport.send(outgoing(prov, stream=True))
     connection = connection_of(reply)
     assert await _read_to_done_and_close(reply) == ["a", "[DONE]"]
